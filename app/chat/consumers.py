@@ -1,0 +1,135 @@
+"""The room WebSocket: connect to a room, post messages, read history.
+
+Database work goes through ``database_sync_to_async``, which closes the
+connection (CONN_MAX_AGE=0: returns it to the pool) after every call, so a
+socket that stays open for hours holds no database connection in between.
+"""
+
+import json
+import logging
+import time
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+
+from chat import store
+from chat.protocol import CloseCode, HistoryRequest, ProtocolError, parse_author, parse_frame
+
+logger = logging.getLogger(__name__)
+
+find_room = database_sync_to_async(store.find_room)
+add_message = database_sync_to_async(store.add_message)
+latest_messages = database_sync_to_async(store.latest_messages)
+
+UNAVAILABLE = "the database is unavailable; nothing was stored, send it again"
+
+
+class TokenBucket:
+    """Allow ``rate`` frames per second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class RoomConsumer(AsyncWebsocketConsumer):
+    room = None
+    group = None
+
+    async def connect(self):
+        await self.accept()
+        try:
+            self.author = parse_author(self.scope["query_string"])
+        except ProtocolError as error:
+            await self.refuse(error, CloseCode.BAD_REQUEST)
+            return
+        slug = self.scope["url_route"]["kwargs"]["slug"]
+        try:
+            self.room = await find_room(slug)
+        except DatabaseError:
+            logger.warning("room lookup failed for %s", slug, exc_info=True)
+            await self.refuse(ProtocolError("unavailable", UNAVAILABLE), CloseCode.TRY_AGAIN_LATER)
+            return
+        if self.room is None:
+            error = ProtocolError("room_not_found", f"no room {slug!r}; create it with POST /api/rooms")
+            await self.refuse(error, CloseCode.ROOM_NOT_FOUND)
+            return
+        self.limiter = TokenBucket(settings.CHAT_RATE_PER_S, settings.CHAT_RATE_BURST)
+        self.group = f"room-{self.room.id}"
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.send_frame({"type": "ready", "room": self.room.slug, "author": self.author})
+
+    async def disconnect(self, code):
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.room is None:  # refused in connect(); the close is on its way
+            return
+        try:
+            frame = self.check(text_data, bytes_data)
+            if isinstance(frame, HistoryRequest):
+                await self.send_history(frame.limit)
+            else:
+                await self.post(frame.text, frame.client_id)
+        except ProtocolError as error:
+            await self.send_frame(error.frame())
+
+    def check(self, text_data, bytes_data):
+        if text_data is None:
+            raise ProtocolError("binary_not_supported", "send JSON in text frames")
+        if len(text_data.encode()) > settings.CHAT_MAX_FRAME_BYTES:
+            raise ProtocolError(
+                "frame_too_large", f"frames are limited to {settings.CHAT_MAX_FRAME_BYTES} bytes"
+            )
+        if not self.limiter.allow():
+            raise ProtocolError(
+                "rate_limited", f"at most {settings.CHAT_RATE_PER_S:g} frames per second; slow down"
+            )
+        return parse_frame(
+            text_data,
+            max_text_chars=settings.CHAT_MAX_TEXT_CHARS,
+            history_max=settings.CHAT_HISTORY_MAX,
+        )
+
+    async def post(self, text: str, client_id: str):
+        try:
+            message = await add_message(self.room.id, self.author, text, client_id)
+        except DatabaseError:
+            logger.warning("message insert failed in room %s", self.room.slug, exc_info=True)
+            raise ProtocolError("unavailable", UNAVAILABLE, client_id) from None
+        # The row is committed: acknowledge, then tell every member (the sender too).
+        await self.send_frame({"type": "ack", "id": message.id, "client_id": client_id})
+        await self.channel_layer.group_send(
+            self.group, {"type": "chat.message", "message": {"type": "message", **message.as_dict()}}
+        )
+
+    async def send_history(self, limit: int):
+        try:
+            messages = await latest_messages(self.room.id, limit)
+        except DatabaseError:
+            logger.warning("history failed in room %s", self.room.slug, exc_info=True)
+            raise ProtocolError("unavailable", UNAVAILABLE) from None
+        await self.send_frame({"type": "history", "messages": messages})
+
+    async def chat_message(self, event):
+        """A message broadcast to the room's group by any process."""
+        await self.send_frame(event["message"])
+
+    async def refuse(self, error: ProtocolError, code: int):
+        await self.send_frame(error.frame())
+        await self.close(code=code)
+
+    async def send_frame(self, frame: dict):
+        await self.send(text_data=json.dumps(frame, separators=(",", ":")))

@@ -1,0 +1,29 @@
+from django.db import models
+
+
+class Room(models.Model):
+    slug = models.SlugField(max_length=50, unique=True)
+    title = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def as_dict(self) -> dict:
+        return {"slug": self.slug, "title": self.title, "created_at": self.created_at.isoformat()}
+
+
+class Message(models.Model):
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    author = models.CharField(max_length=40)
+    text = models.TextField()
+    client_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["room", "-id"], name="message_room_latest")]
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "text": self.text,
+            "author": self.author,
+            "created_at": self.created_at.isoformat(),
+        }

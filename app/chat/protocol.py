@@ -1,0 +1,111 @@
+"""The WebSocket wire protocol: frames a client may send, and the errors it may get.
+
+README.md, section "WebSocket protocol", documents the same frames and codes.
+"""
+
+from enum import IntEnum
+from typing import Annotated, Literal
+from urllib.parse import parse_qs
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+
+class CloseCode(IntEnum):
+    """Close codes the server uses (4000-4999 are free for applications)."""
+
+    BAD_REQUEST = 4400  # the connect URL's parameters are invalid
+    ROOM_NOT_FOUND = 4404
+    TRY_AGAIN_LATER = 1013  # RFC 6455 registry: the database is unavailable
+
+
+class ProtocolError(Exception):
+    """A problem the client caused or must handle; sent as an error frame."""
+
+    def __init__(self, code: str, message: str, client_id: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.client_id = client_id
+
+    def frame(self) -> dict:
+        frame = {"type": "error", "code": self.code, "message": self.message}
+        if self.client_id:
+            frame["client_id"] = self.client_id
+        return frame
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SendMessage(_Frame):
+    type: Literal["message"]
+    text: str
+    client_id: str = Field(default="", max_length=64)
+
+    @field_validator("text")
+    @classmethod
+    def _text_fits(cls, text: str, info: ValidationInfo) -> str:
+        if not text.strip():
+            raise ValueError("must not be blank")
+        limit = info.context["max_text_chars"]
+        if len(text) > limit:
+            raise ValueError(f"is longer than {limit} characters")
+        return text
+
+
+class HistoryRequest(_Frame):
+    type: Literal["history"]
+    limit: int = Field(default=20, ge=1)
+
+    @field_validator("limit")
+    @classmethod
+    def _limit_fits(cls, limit: int, info: ValidationInfo) -> int:
+        if limit > info.context["history_max"]:
+            raise ValueError(f"must be at most {info.context['history_max']}")
+        return limit
+
+
+ClientFrame = TypeAdapter(Annotated[SendMessage | HistoryRequest, Field(discriminator="type")])
+
+
+def parse_frame(raw: str, *, max_text_chars: int, history_max: int) -> SendMessage | HistoryRequest:
+    """Validate one text frame, or raise ProtocolError naming what is wrong."""
+    context = {"max_text_chars": max_text_chars, "history_max": history_max}
+    try:
+        return ClientFrame.validate_json(raw, context=context)
+    except ValidationError as exc:
+        raise _protocol_error(exc) from None
+
+
+def _protocol_error(exc: ValidationError) -> ProtocolError:
+    error = exc.errors(include_url=False)[0]
+    kind = error["type"]
+    if kind == "json_invalid":
+        return ProtocolError("invalid_json", "the frame is not valid JSON")
+    if kind == "union_tag_invalid":
+        return ProtocolError("unknown_type", 'unknown "type"; expected "message" or "history"')
+    if kind == "union_tag_not_found":
+        return ProtocolError("invalid_frame", 'the frame has no "type" field')
+    if kind == "model_attributes_type":
+        return ProtocolError("invalid_frame", "the frame must be a JSON object")
+    field = ".".join(str(part) for part in error["loc"][1:]) or "frame"
+    message = error["msg"].removeprefix("Value error, ")
+    return ProtocolError("invalid_frame", f"{field}: {message}")
+
+
+def parse_author(query_string: bytes) -> str:
+    """The display name from the connect URL's ``?name=``, 1-40 printable characters."""
+    values = parse_qs(query_string.decode("latin-1")).get("name", [])
+    name = values[-1].strip() if values else "anonymous"
+    if not 1 <= len(name) <= 40 or not name.isprintable():
+        raise ProtocolError("invalid_name", "name must be 1-40 printable characters")
+    return name

@@ -1,0 +1,166 @@
+"""Settings for the chat app, read from the environment.
+
+Every variable may instead be given as a file with the ``_FILE`` suffix
+(``DJANGO_SECRET_KEY_FILE=/run/secrets/django_secret_key``), which is how
+Docker and systemd hand secrets over. Production is the default: DEBUG off,
+HTTPS-only cookies, no placeholder secrets.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from chat_site.secrets import require_secret
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.FileAwareEnv()
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+SECRET_KEY = require_secret(env, "DJANGO_SECRET_KEY", min_length=50)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
+if not ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "DJANGO_ALLOWED_HOSTS is not set: list the host names clients use, "
+        "e.g. DJANGO_ALLOWED_HOSTS=chat.example.com"
+    )
+
+INSTALLED_APPS = ["channels", "chat"]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chat_site.urls"
+ASGI_APPLICATION = "chat_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.csrf"]},
+    }
+]
+
+USE_TZ = True
+TIME_ZONE = "UTC"  # matches postgresql.conf: Django then never sends SET TIME ZONE
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- HTTPS -------------------------------------------------------------------
+# On by default. Turn off only where the app is reached over plain HTTP on
+# purpose (the loopback demo); in production terminate TLS in front of Daphne.
+HTTPS = env.bool("DJANGO_HTTPS", default=True)
+SECURE_SSL_REDIRECT = HTTPS
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = 31_536_000 if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = HTTPS
+# Trust X-Forwarded-Proto from the TLS-terminating proxy in front of Daphne.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # probes talk plain HTTP inside the network
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "chat.views.csrf_failure"  # a JSON error, like the rest of the API
+
+# --- Database: PgBouncer in transaction mode --------------------------------
+# A transaction pooler hands each transaction to whichever server connection is
+# free, so no state may outlive a transaction on the server. Each setting below
+# is here for that reason; the tests in tests/test_pooler_pitfalls.py prove it.
+
+
+def _database(url_var: str, password_var: str) -> dict:
+    config = env.db_url(url_var)
+    if env.str(password_var, default=""):  # also set by {password_var}_FILE
+        config["PASSWORD"] = require_secret(env, password_var)
+    return config
+
+
+def _pool_options() -> dict:
+    max_size = env.int("DATABASE_POOL_MAX_SIZE", default=4)
+    if max_size == 0:
+        return {}
+    return {
+        "pool": {
+            "min_size": min(env.int("DATABASE_POOL_MIN_SIZE", default=1), max_size),
+            "max_size": max_size,
+            # Waiting longer than this for a free connection raises PoolTimeout,
+            # which the app reports as "unavailable" instead of hanging.
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+        }
+    }
+
+
+DATABASES = {
+    # The app's runtime path to PostgreSQL: through PgBouncer.
+    "default": {
+        **_database("DATABASE_URL", "DATABASE_PASSWORD"),
+        # 0 = close after each request / database_sync_to_async call. Under Daphne each HTTP
+        # request runs on its own thread, and a persistent per-thread connection is never
+        # closed: PostgreSQL (or PgBouncer's max_client_conn) runs out of connection slots.
+        # https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections
+        "CONN_MAX_AGE": env.int("DATABASE_CONN_MAX_AGE", default=0),
+        # Check a connection before reusing it, so a PgBouncer restart costs a reconnect
+        # rather than a failed message. With the pool on, psycopg_pool runs the check.
+        # https://docs.djangoproject.com/en/5.2/ref/databases/#connection-management
+        "CONN_HEALTH_CHECKS": env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True),
+        # QuerySet.iterator() would DECLARE a server-side cursor whose later FETCHes can
+        # land on another server connection ("cursor ... does not exist").
+        # https://docs.djangoproject.com/en/5.2/ref/databases/#transaction-pooling-server-side-cursors
+        "DISABLE_SERVER_SIDE_CURSORS": True,
+        # A transaction per view would hold a server connection for the whole request,
+        # template rendering included; autocommit holds one per statement.
+        # https://docs.djangoproject.com/en/5.2/topics/db/transactions/#tying-transactions-to-http-requests
+        "ATOMIC_REQUESTS": False,
+        "OPTIONS": {
+            # Client-side binding is Django's default with psycopg 3 and is kept: never set
+            # "server_side_binding": True here. Server-side prepared statements live on one
+            # server connection and fail under transaction pooling (PgBouncer < 1.21).
+            # https://docs.djangoproject.com/en/5.2/ref/databases/#server-side-parameters-binding
+            # Django's pool in front of PgBouncer reuses logged-in client connections, so a
+            # message does not pay a SCRAM handshake; CONN_MAX_AGE stays 0 (the pool needs
+            # it). DATABASE_POOL_MAX_SIZE=0 turns it off.
+            # https://docs.djangoproject.com/en/5.2/ref/databases/#connection-pool
+            **_pool_options(),
+        },
+    },
+}
+
+# Straight to PostgreSQL, for migrations/DDL only (`manage.py migrate --database direct`):
+# DDL and session state do not belong behind a transaction pooler.
+if env.str("DIRECT_DATABASE_URL", default=""):
+    DATABASES["direct"] = {
+        **_database("DIRECT_DATABASE_URL", "DIRECT_DATABASE_PASSWORD"),
+        "CONN_MAX_AGE": 0,
+    }
+
+# --- Channels ------------------------------------------------------------------
+# One Daphne process can use the in-memory layer; several processes need a shared
+# layer so a message broadcast by one reaches members connected to another.
+CHANNEL_LAYER_URL = env.str("CHANNEL_LAYER_URL", default="")
+if CHANNEL_LAYER_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [CHANNEL_LAYER_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Chat protocol limits (see README, "WebSocket protocol") ---------------------
+CHAT_MAX_FRAME_BYTES = env.int("CHAT_MAX_FRAME_BYTES", default=8192)
+CHAT_MAX_TEXT_CHARS = env.int("CHAT_MAX_TEXT_CHARS", default=2000)
+CHAT_HISTORY_MAX = env.int("CHAT_HISTORY_MAX", default=100)
+CHAT_RATE_PER_S = env.float("CHAT_RATE_PER_S", default=20.0)
+CHAT_RATE_BURST = env.int("CHAT_RATE_BURST", default=40)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
+}

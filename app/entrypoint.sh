@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The app's entrypoint, in the container and in the native stack alike.
+#   entrypoint.sh migrate   wait for PostgreSQL, apply migrations straight to it (DIRECT_DATABASE_URL)
+#   entrypoint.sh serve     wait for PgBouncer, then run APP_WORKERS Daphne processes on APP_BIND:APP_PORT
+# Settings come from the environment (chat_site/settings.py); the wait is bounded
+# by APP_WAIT_SECONDS (default 60).
+set -o errexit -o nounset -o pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+wait_seconds=${APP_WAIT_SECONDS:-60}
+
+case ${1:-serve} in
+  migrate)
+    python manage.py wait_for_database --database direct --timeout "$wait_seconds"
+    exec python manage.py migrate --database direct --no-input
+    ;;
+  serve)
+    python manage.py wait_for_database --database default --timeout "$wait_seconds"
+    export APP_BIND=${APP_BIND:-0.0.0.0} APP_PORT=${APP_PORT:-8000} APP_WORKERS=${APP_WORKERS:-2}
+    export APP_RUN_DIR=${APP_RUN_DIR:-/tmp}
+    exec supervisord --configuration supervisord.conf
+    ;;
+  *)
+    echo "usage: entrypoint.sh migrate|serve" >&2
+    exit 2
+    ;;
+esac
