@@ -1,0 +1,29 @@
+# shellcheck shell=bash
+# Shared by the service entrypoints: read a secret from NAME or from the file
+# named by NAME_FILE (Docker/systemd secrets), and refuse a missing or
+# placeholder value with a message naming the fix. app/chat_site/secrets.py
+# applies the same rule to the app's secrets.
+
+# require_secret NAME -> prints the value
+require_secret() {
+  local name=$1 file_var="${1}_FILE" value
+  if [[ -n ${!file_var:-} ]]; then
+    [[ -r ${!file_var} ]] || { echo "error: $file_var=${!file_var} is not a readable file" >&2; return 1; }
+    value=$(<"${!file_var}")
+  else
+    value=${!name:-}
+  fi
+  if [[ -z $value ]]; then
+    echo "error: $name is not set: set it (or $file_var) to a random value, e.g. \`openssl rand -hex 32\`" >&2
+    return 1
+  fi
+  if [[ ${value,,} =~ change-?me|placeholder ]]; then
+    echo "error: $name is still a placeholder from .env.example: replace it with a random value" >&2
+    return 1
+  fi
+  if (( ${#value} < 16 )); then
+    echo "error: $name is shorter than 16 characters: use a random value, e.g. \`openssl rand -hex 32\`" >&2
+    return 1
+  fi
+  printf '%s' "$value"
+}
