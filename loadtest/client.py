@@ -1,0 +1,114 @@
+"""A small synchronous client for the chat's HTTP API and WebSocket protocol.
+
+Used by `make demo`'s end-to-end check, by the tests, and by the Locust user
+(under gevent, whose monkey-patching makes these sockets cooperative).
+"""
+
+import http.cookiejar
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+import websocket
+
+
+@dataclass
+class HttpResult:
+    status: int
+    body: dict | str
+
+
+class ChatHttp:
+    """The JSON API, with the CSRF cookie handled as a browser would."""
+
+    def __init__(self, base_url: str, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+
+    def request(
+        self, method: str, path: str, body: dict | None = None, headers: dict | None = None
+    ) -> HttpResult:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)  # noqa: S310
+        request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        if method != "GET":
+            request.add_header("X-CSRFToken", self.csrf_token())
+        try:
+            with self.opener.open(request, timeout=self.timeout) as response:
+                return HttpResult(response.status, _decode(response.read()))
+        except urllib.error.HTTPError as error:
+            return HttpResult(error.code, _decode(error.read()))
+
+    def csrf_token(self) -> str:
+        for cookie in self.cookies:
+            if cookie.name == "csrftoken":
+                return cookie.value
+        self.request("GET", "/")  # the page sets the cookie
+        return next(cookie.value for cookie in self.cookies if cookie.name == "csrftoken")
+
+    def ensure_room(self, slug: str, title: str = "") -> None:
+        result = self.request("POST", "/api/rooms", {"slug": slug, "title": title or slug})
+        if result.status not in (201, 409):
+            raise RuntimeError(f"creating room {slug!r}: HTTP {result.status} {result.body}")
+
+
+def _decode(raw: bytes) -> dict | str:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+class ChatSocket:
+    """One member of a room: connect, post, read frames."""
+
+    def __init__(self, base_url: str, room: str, name: str, timeout: float = 10.0, **options):
+        parts = urlsplit(base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        origin = options.pop("origin", f"{parts.scheme}://{parts.netloc}")
+        self.ws = websocket.create_connection(
+            f"{scheme}://{parts.netloc}/ws/rooms/{room}/?name={quote(name)}",
+            timeout=timeout,
+            origin=origin,
+            **options,
+        )
+        self.ready = self.receive()
+
+    def send(self, frame: dict | str) -> None:
+        self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    def receive(self) -> dict:
+        return json.loads(self.ws.recv())
+
+    def receive_until(self, frame_type: str, limit: int = 100) -> dict:
+        """The next frame of this type, skipping others (e.g. broadcasts)."""
+        for _ in range(limit):
+            frame = self.receive()
+            if frame["type"] == frame_type:
+                return frame
+        raise AssertionError(f"no {frame_type!r} frame in {limit} frames")
+
+    def post(self, text: str, client_id: str) -> dict:
+        """Send a message and return its acknowledgement (or error) frame."""
+        self.send({"type": "message", "text": text, "client_id": client_id})
+        for _ in range(100):
+            frame = self.receive()
+            if frame["type"] in ("ack", "error") and frame.get("client_id") == client_id:
+                return frame
+        raise AssertionError(f"no ack for {client_id}")
+
+    def close_code(self) -> int | None:
+        """Wait for the server's close frame and return its code."""
+        while True:
+            opcode, frame = self.ws.recv_data_frame(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
+
+    def close(self) -> None:
+        self.ws.close()

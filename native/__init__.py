@@ -1,0 +1,1 @@
+"""The reference stack as local processes, without Docker (`python -m native --help`)."""

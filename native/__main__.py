@@ -1,0 +1,57 @@
+"""python -m native up|down|destroy|status|env: the stack as local processes."""
+
+import argparse
+import shlex
+import sys
+
+from native.profiles import PROFILES, SHIPPED
+from native.stack import Stack, StackError, profile_named
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m native", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start PostgreSQL, PgBouncer, Redis and Daphne; wait until ready")
+    up.add_argument(
+        "--profile",
+        default=SHIPPED.name,
+        choices=PROFILES,
+        help=f"how the app reaches PostgreSQL (default {SHIPPED.name})",
+    )
+    commands.add_parser("down", help="stop every process the stack started")
+    commands.add_parser("destroy", help="stop, then delete the state directory (data, secrets)")
+    commands.add_parser("status", help="show which services run, with their PIDs")
+    commands.add_parser("env", help="print the app's environment as shell exports (for manage.py)")
+    args = parser.parse_args(argv)
+
+    stack = Stack()
+    try:
+        if args.command == "up":
+            profile = profile_named(args.profile)
+            print(f"starting the stack in {stack.dir} ({profile.name}: {profile.summary})", flush=True)
+            stack.up(profile)
+            print(f"ready: {stack.app_url}/  (health: {stack.app_url}/healthz, logs: {stack.path('logs')})")
+        elif args.command == "down":
+            stack.down()
+            print("stopped")
+        elif args.command == "destroy":
+            stack.destroy()
+            print(f"stopped, and deleted {stack.dir}")
+        elif args.command == "status":
+            for name, pid in stack.status().items():
+                print(f"{name:10} {'running, pid ' + str(pid) if pid else 'stopped'}")
+        elif args.command == "env":
+            profile = profile_named(stack.running_profile() or SHIPPED.name)
+            for key, value in stack.app_env(profile).items():
+                print(f"export {key}={shlex.quote(value)}")
+    except StackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        stack.down()
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
