@@ -1,0 +1,66 @@
+# Django Channels + PgBouncer reference stack. `make help` lists the targets.
+# Everything installs what it needs (Debian packages, the .venv) on first use.
+
+SHELL := bash
+.SHELLFLAGS := -o errexit -o nounset -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+LOCKS := app/requirements.txt loadtest/requirements.txt requirements-dev.txt
+SCRIPTS := $(wildcard */entrypoint.sh) lib/secrets.sh native/install-system-packages.sh .ci/run
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## install missing Debian packages (PostgreSQL, PgBouncer, Redis, python3-venv)
+	@native/install-system-packages.sh
+
+$(VENV)/.installed: $(LOCKS)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(addprefix -r ,$(LOCKS))
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## create .venv from the lock files
+
+.PHONY: up
+up: deps venv ## start the native stack (PostgreSQL, PgBouncer, Redis, Daphne) on loopback
+	@$(PY) -m native up
+
+.PHONY: down
+down: ## stop every process the native stack started
+	@if [[ -x $(PY) ]]; then $(PY) -m native down; fi
+
+.PHONY: destroy
+destroy: ## stop the native stack and delete its data and generated secrets
+	@if [[ -x $(PY) ]]; then $(PY) -m native destroy; fi
+
+.PHONY: status
+status: venv ## show which native services run
+	@$(PY) -m native status
+
+.PHONY: demo
+demo: deps venv ## bring the stack up, check it end to end, and print where to look
+	@$(PY) -m native up
+	@$(PY) -m native.smoke
+
+.PHONY: test
+test: deps venv ## run the whole test suite against real servers
+	$(PY) -m pytest
+
+.PHONY: lint
+lint: venv ## ruff, shellcheck, hadolint, Compose schema
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/shellcheck -x -P SCRIPTDIR $(SCRIPTS)
+
+.PHONY: lock
+lock: venv ## recompile the lock files from the *.in files
+	$(VENV)/bin/pip install --quiet pip-tools
+	for lock in app/requirements loadtest/requirements requirements-dev; do \
+	  $(VENV)/bin/pip-compile --quiet --strip-extras --allow-unsafe --no-header \
+	    --no-emit-index-url --no-emit-find-links --output-file $$lock.txt $$lock.in; done

@@ -1,0 +1,87 @@
+"""One native stack for the whole test session: real PostgreSQL, PgBouncer, Redis, Daphne.
+
+It runs on its own ports and state directory, so a `make up` stack is left alone,
+and is stopped (by PID) when the session ends, pass or fail.
+"""
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from native.profiles import SHIPPED
+from native.stack import Config, Stack, default_state_dir
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT / "app"))
+
+TEST_PORTS = {"postgres_port": 25432, "pgbouncer_port": 26432, "redis_port": 26379, "app_port": 28000}
+
+
+@pytest.fixture(scope="session")
+def stack():
+    state_dir = default_state_dir()
+    config = Config(state_dir=state_dir.with_name(state_dir.name + "-test"), app_workers=2, **TEST_PORTS)
+    stack = Stack(config)
+    stack.destroy()  # whatever an interrupted session left
+    try:
+        stack.up(SHIPPED)
+        yield stack
+    except Exception:
+        _print_logs(stack)
+        raise
+    finally:
+        stack.destroy()
+
+
+def _print_logs(stack: Stack) -> None:
+    for log in sorted(stack.path("logs").glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-30:]
+        print(f"--- {log.name} (last {len(lines)} lines)", *lines, sep="\n", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def django_app(stack):
+    """Django configured in this process like the running app: through PgBouncer."""
+    os.environ.update(stack.app_env(SHIPPED))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "chat_site.settings"
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    return settings
+
+
+@pytest.fixture
+def room(stack) -> str:
+    """A fresh room for one test, so tests never see each other's messages."""
+    from loadtest.client import ChatHttp
+
+    slug = f"t-{uuid.uuid4().hex[:12]}"
+    ChatHttp(stack.app_url).ensure_room(slug)
+    return slug
+
+
+@pytest.fixture
+def owner_db(stack):
+    """Straight to PostgreSQL as the schema owner: to check what was stored."""
+    with psycopg.connect(stack.dsn("chat_owner", through_pgbouncer=False), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def monitor_db(stack):
+    with psycopg.connect(stack.dsn("chat_monitor", through_pgbouncer=False), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def pgbouncer_console(stack):
+    with psycopg.connect(
+        stack.dsn("pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer"), autocommit=True
+    ) as conn:
+        yield conn
