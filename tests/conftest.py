@@ -18,13 +18,23 @@ from native.stack import Config, Stack, default_state_dir
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "app"))
 
-TEST_PORTS = {"postgres_port": 25432, "pgbouncer_port": 26432, "redis_port": 26379, "app_port": 28000}
+# TEST_STACK_OFFSET shifts the ports and the state directory, so two sessions
+# (two checkouts, or a helper's run beside yours) do not collide.
+OFFSET = int(os.environ.get("TEST_STACK_OFFSET", "0"))
+TEST_PORTS = {
+    "postgres_port": 25432 + OFFSET,
+    "pgbouncer_port": 26432 + OFFSET,
+    "redis_port": 26379 + OFFSET,
+    "app_port": 28000 + OFFSET,
+}
 
 
 @pytest.fixture(scope="session")
 def stack():
     state_dir = default_state_dir()
-    config = Config(state_dir=state_dir.with_name(state_dir.name + "-test"), app_workers=2, **TEST_PORTS)
+    config = Config(
+        state_dir=state_dir.with_name(f"{state_dir.name}-test{OFFSET or ''}"), app_workers=2, **TEST_PORTS
+    )
     stack = Stack(config)
     stack.destroy()  # whatever an interrupted session left
     try:
