@@ -63,7 +63,7 @@ mv "$run_dir/pgbouncer.ini.new" "$run_dir/pgbouncer.ini"
 # PgBouncer itself starts without PostgreSQL, but its first clients would fail:
 # wait, with a limit, so a misconfigured host shows up here, once, clearly.
 deadline=$((SECONDS + wait_seconds))
-until pg_isready --quiet --host="$pg_host" --port="$pg_port" --timeout=2; do
+until pg_isready --quiet --host="$pg_host" --port="$pg_port" --username=pgbouncer_auth --dbname=chat --timeout=2; do
   if ((SECONDS >= deadline)); then
     echo "error: PostgreSQL at $pg_host:$pg_port did not accept connections within ${wait_seconds}s" >&2
     exit 1

@@ -30,7 +30,7 @@ TEST_PORTS = {
 
 
 @pytest.fixture(scope="session")
-def stack():
+def stack(request):
     state_dir = default_state_dir()
     config = Config(
         state_dir=state_dir.with_name(f"{state_dir.name}-test{OFFSET or ''}"), app_workers=2, **TEST_PORTS
@@ -43,6 +43,9 @@ def stack():
     except Exception:
         _print_logs(stack)
         raise
+    else:
+        if request.session.testsfailed:
+            _print_logs(stack)
     finally:
         stack.destroy()
 

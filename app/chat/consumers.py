@@ -129,7 +129,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def refuse(self, error: ProtocolError, code: int):
         await self.send_frame(error.frame())
-        await self.close(code=code)
+        await self.close(code=int(code))  # Autobahn accepts a plain int only, not an IntEnum
 
     async def send_frame(self, frame: dict):
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))

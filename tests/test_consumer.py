@@ -1,0 +1,180 @@
+"""The consumer in this process (channels.testing.WebsocketCommunicator), through PgBouncer.
+
+Bad input of every kind gets a documented error frame, the connection keeps
+working, and nothing is stored for a frame that was refused.
+"""
+
+import json
+
+import pytest
+from asgiref.sync import async_to_sync
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+
+@pytest.fixture
+def application(django_app):
+    from chat_site.asgi import application
+
+    return application
+
+
+def communicator(application, room, name="tester"):
+    from channels.testing import WebsocketCommunicator
+
+    return WebsocketCommunicator(
+        application, f"/ws/rooms/{room}/?name={name}", headers=[(b"origin", b"http://127.0.0.1")]
+    )
+
+
+async def connected(application, room):
+    socket = communicator(application, room)
+    accepted, _ = await socket.connect()
+    assert accepted
+    assert (await socket.receive_json_from(timeout=5))["type"] == "ready"
+    return socket
+
+
+async def post(socket, text, client_id="c"):
+    await socket.send_json_to({"type": "message", "text": text, "client_id": client_id})
+    while True:  # skip the broadcast of our own message if it comes first
+        frame = await socket.receive_json_from(timeout=5)
+        if frame["type"] in ("ack", "error"):
+            return frame
+
+
+def stored_count(owner_db, room):
+    return owner_db.execute(
+        "SELECT count(*) FROM chat_message m JOIN chat_room r ON r.id = m.room_id WHERE r.slug = %s", [room]
+    ).fetchone()[0]
+
+
+async def test_message_ack_carries_the_stored_id(application, room, owner_db):
+    socket = await connected(application, room)
+    ack = await post(socket, "hello", "c1")
+    assert ack["type"] == "ack"
+    assert ack["client_id"] == "c1"
+    broadcast = await socket.receive_json_from(timeout=5)
+    assert broadcast["type"] == "message"
+    assert broadcast["id"] == ack["id"]
+    assert stored_count(owner_db, room) == 1
+    await socket.disconnect()
+
+
+BAD_FRAMES = [
+    ("not json", "invalid_json"),
+    ('{"type": "message", "text": "unterminated', "invalid_json"),
+    ("[1, 2, 3]", "invalid_frame"),
+    ('"a string"', "invalid_frame"),
+    ("{}", "invalid_frame"),
+    ('{"type": "shout", "text": "hi"}', "unknown_type"),
+    ('{"type": 7}', "unknown_type"),
+    ('{"type": "message"}', "invalid_frame"),
+    ('{"type": "message", "text": 42}', "invalid_frame"),
+    ('{"type": "message", "text": "   "}', "invalid_frame"),
+    ('{"type": "message", "text": "hi", "client_id": 5}', "invalid_frame"),
+    ('{"type": "message", "text": "hi", "extra": true}', "invalid_frame"),
+    ('{"type": "message", "text": "hi", "client_id": "' + "x" * 65 + '"}', "invalid_frame"),
+    ('{"type": "history", "limit": "10"}', "invalid_frame"),
+    ('{"type": "history", "limit": 0}', "invalid_frame"),
+    ('{"type": "history", "limit": 101}', "invalid_frame"),
+]
+
+
+@pytest.mark.parametrize(("raw", "code"), BAD_FRAMES)
+async def test_bad_frame_gets_a_clear_error_and_the_socket_keeps_working(
+    application, room, owner_db, raw, code
+):
+    socket = await connected(application, room)
+    await socket.send_to(text_data=raw)
+    error = await socket.receive_json_from(timeout=5)
+    assert error["type"] == "error"
+    assert error["code"] == code
+    assert error["message"]
+    assert stored_count(owner_db, room) == 0  # nothing half-written
+    assert (await post(socket, "still here"))["type"] == "ack"
+    await socket.disconnect()
+
+
+async def test_text_over_the_limit_is_refused(application, room, owner_db, django_app):
+    socket = await connected(application, room)
+    error = await post(socket, "x" * (django_app.CHAT_MAX_TEXT_CHARS + 1))
+    assert error["code"] == "invalid_frame"
+    assert "longer than" in error["message"]
+    assert stored_count(owner_db, room) == 0
+    await socket.disconnect()
+
+
+async def test_oversized_frame_is_refused_before_parsing(application, room, owner_db, django_app):
+    socket = await connected(application, room)
+    await socket.send_to(text_data=" " * (django_app.CHAT_MAX_FRAME_BYTES + 1))
+    error = await socket.receive_json_from(timeout=5)
+    assert error["code"] == "frame_too_large"
+    assert stored_count(owner_db, room) == 0
+    await socket.disconnect()
+
+
+async def test_binary_frame_is_refused(application, room):
+    socket = await connected(application, room)
+    await socket.send_to(bytes_data=b"\x00\xff binary")
+    error = await socket.receive_json_from(timeout=5)
+    assert error["code"] == "binary_not_supported"
+    assert (await post(socket, "text works"))["type"] == "ack"
+    await socket.disconnect()
+
+
+async def test_a_flood_is_rate_limited_and_only_acknowledged_messages_are_stored(
+    application, room, owner_db, django_app
+):
+    socket = await connected(application, room)
+    sent = django_app.CHAT_RATE_BURST * 2
+    for n in range(sent):
+        await socket.send_json_to({"type": "message", "text": f"flood {n}", "client_id": str(n)})
+    acks, limited = set(), 0
+    while len(acks) + limited < sent:
+        frame = await socket.receive_json_from(timeout=10)
+        if frame["type"] == "ack":
+            acks.add(frame["id"])
+        elif frame["type"] == "error":
+            assert frame["code"] == "rate_limited"
+            limited += 1
+    assert limited > 0
+    assert len(acks) >= django_app.CHAT_RATE_BURST
+    assert stored_count(owner_db, room) == len(acks)
+    await socket.disconnect()
+
+
+FIELD_NAMES = ["type", "text", "limit", "client_id", "x"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    frame=st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+            lambda children: (
+                st.lists(children, max_size=4)
+                | st.dictionaries(st.sampled_from(FIELD_NAMES), children, max_size=4)
+            ),
+            max_leaves=8,
+        ).map(json.dumps),
+    )
+)
+def test_fuzzed_frames_never_break_the_consumer(application, room, frame):
+    """Whatever arrives, the answer is a well-formed frame and the connection stays usable."""
+
+    async def exchange():
+        socket = await connected(application, room)
+        # send_input, not send_to: an empty frame is legal on the wire.
+        key = "bytes" if isinstance(frame, bytes) else "text"
+        await socket.send_input({"type": "websocket.receive", key: frame})
+        reply = await socket.receive_json_from(timeout=5)
+        assert reply["type"] in {"error", "ack", "history", "message"}
+        if reply["type"] == "error":
+            assert isinstance(reply["code"], str) and reply["message"]
+        assert (await post(socket, "after fuzz", "after"))["type"] == "ack"
+        await socket.disconnect()
+
+    async_to_sync(exchange)()
