@@ -57,9 +57,7 @@ def check(stack: Stack) -> list[str]:
     assert not strays, f"chat_app backends not opened by PgBouncer: {sorted(strays)}"
     bound = connection_bound()
     assert len(backends) <= bound, f"{len(backends)} chat_app backends, bound {bound}"
-    done.append(
-        f"PostgreSQL: {len(backends)} chat_app connection(s), all PgBouncer's (bound {bound})"
-    )
+    done.append(f"PostgreSQL: {len(backends)} chat_app connection(s), all PgBouncer's (bound {bound})")
     return done
 
 
