@@ -145,7 +145,19 @@ if CHANNEL_LAYER_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [CHANNEL_LAYER_URL]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": CHANNEL_LAYER_URL.strip(),
+                        # redis-py 8 cuts every read at 5 s by default, the same 5 s that
+                        # channels_redis blocks in BZPOPMIN waiting for a message: consumers
+                        # then crash with "Timeout reading from ..." and sockets drop.
+                        # Longer than that wait, still finite so a dead Redis is noticed.
+                        # https://github.com/django/channels_redis/issues/422
+                        "socket_timeout": 15,
+                    }
+                ]
+            },
         }
     }
 else:
