@@ -117,6 +117,30 @@ class Stack:
         self._start("app", self._app_command("serve", profile), self._app_ready)
         self.path("run", "app.profile").write_text(profile.name)
 
+    def restart(self, name: str) -> None:
+        """Stop a data service and start it again, waiting until it is ready (fault injection)."""
+        command, ready = {
+            "postgres": (self._postgres_command, self._postgres_ready),
+            "pgbouncer": (self._pgbouncer_command, self._pgbouncer_ready),
+            "redis": (self._redis_command, self._redis_ready),
+        }[name]
+        self.stop(name)
+        self._start(name, command(), ready)
+
+    def kill_worker(self, pid: int, sig: int = signal.SIGKILL) -> None:
+        """Signal one of the app's Daphne processes, and only such a process."""
+        if pid not in self.daphne_pids():
+            raise StackError(f"{pid} is not one of this stack's Daphne processes")
+        os.kill(pid, sig)
+
+    def daphne_pids(self) -> list[int]:
+        """The Daphne processes supervisord runs for the app."""
+        supervisor = self.pid("app")
+        if supervisor is None:
+            return []
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        return [int(pid) for pid in children if "daphne" in _cmdline(int(pid))]
+
     def down(self) -> None:
         for name in ("app", "redis", "pgbouncer", "postgres"):
             self.stop(name)
@@ -404,6 +428,13 @@ def _start_time(pid: int) -> str | None:
     if fields[0] == "Z":  # exited, waiting to be reaped
         return None
     return fields[19]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
 
 
 def _tail(log: Path, lines: int = 20) -> str:
