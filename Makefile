@@ -9,7 +9,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LOCKS := app/requirements.txt loadtest/requirements.txt requirements-dev.txt
-SCRIPTS := $(wildcard */entrypoint.sh) lib/secrets.sh native/install-system-packages.sh .ci/run
+SCRIPTS := $(wildcard */entrypoint.sh) lib/secrets.sh native/install-system-packages.sh .ci/run $(wildcard compose/*.sh)
+DOCKERFILES := $(wildcard */Dockerfile)
 
 .PHONY: help
 help: ## list the targets
@@ -52,11 +53,18 @@ demo: deps venv ## bring the stack up, check it end to end, and print where to l
 test: deps venv ## run the whole test suite against real servers
 	$(PY) -m pytest
 
+.PHONY: compose-test
+compose-test: venv ## only the Docker Compose end-to-end test (installs Docker, builds the images)
+	COMPOSE_TEST=1 $(PY) -m pytest -m compose tests/compose
+
 .PHONY: lint
 lint: venv ## ruff, shellcheck, hadolint, Compose schema
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/shellcheck -x -P SCRIPTDIR $(SCRIPTS)
+	$(VENV)/bin/hadolint $(DOCKERFILES)
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	compose/check-config.sh
 
 .PHONY: lock
 lock: venv ## recompile the lock files from the *.in files
