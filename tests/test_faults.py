@@ -35,7 +35,7 @@ def test_fault_under_load_loses_no_acknowledged_message(stack, fault):
 
 
 def test_database_down_gives_clear_errors_then_recovers(stack, room):
-    socket = ChatSocket(stack.app_url, room, "alice")
+    socket = ChatSocket(stack.app_url, room, "alice", timeout=chaos.REPLY_TIMEOUT_S)
     stack.stop("pgbouncer")
     try:
         reply = socket.post("while PgBouncer is down", "down-1")
@@ -44,9 +44,9 @@ def test_database_down_gives_clear_errors_then_recovers(stack, room):
         assert "nothing was stored" in reply["message"]
         health = ChatHttp(stack.app_url).request("GET", "/healthz")
         assert health.status == 503
-        newcomer = ChatSocket(stack.app_url, room, "bob")
+        newcomer = ChatSocket(stack.app_url, room, "bob", timeout=chaos.REPLY_TIMEOUT_S)
         assert newcomer.ready["code"] == "unavailable"
-        assert newcomer.close_code() == 1013  # Try Again Later
+        assert newcomer.close_code() == 4503  # unavailable: reconnect later
     finally:
         stack.restart("pgbouncer")
     assert socket.post("after the restart", "up-1")["type"] == "ack"

@@ -59,7 +59,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             self.room = await find_room(slug)
         except DatabaseError:
             logger.warning("room lookup failed for %s", slug, exc_info=True)
-            await self.refuse(ProtocolError("unavailable", UNAVAILABLE), CloseCode.TRY_AGAIN_LATER)
+            await self.refuse(ProtocolError("unavailable", UNAVAILABLE), CloseCode.UNAVAILABLE)
             return
         if self.room is None:
             error = ProtocolError("room_not_found", f"no room {slug!r}; create it with POST /api/rooms")

@@ -19,11 +19,15 @@ from pydantic import (
 
 
 class CloseCode(IntEnum):
-    """Close codes the server uses (4000-4999 are free for applications)."""
+    """Close codes the server uses: 4000-4999 are for applications, read as 4000 + HTTP status.
+
+    (RFC 6455's 1013 "try again later" would fit the last one, but Autobahn lets a
+    server send only 1000 or 3000-4999.)
+    """
 
     BAD_REQUEST = 4400  # the connect URL's parameters are invalid
     ROOM_NOT_FOUND = 4404
-    TRY_AGAIN_LATER = 1013  # RFC 6455 registry: the database is unavailable
+    UNAVAILABLE = 4503  # the database is unavailable; reconnect later
 
 
 class ProtocolError(Exception):

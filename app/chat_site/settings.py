@@ -87,9 +87,10 @@ def _pool_options() -> dict:
         "pool": {
             "min_size": min(env.int("DATABASE_POOL_MIN_SIZE", default=1), max_size),
             "max_size": max_size,
-            # Waiting longer than this for a free connection raises PoolTimeout,
-            # which the app reports as "unavailable" instead of hanging.
-            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+            # Waiting longer than this for a connection (all busy, or PgBouncer down)
+            # raises PoolTimeout, which the app reports as "unavailable" instead of
+            # hanging. Queries take milliseconds: 5 s of waiting means trouble.
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=5.0),
         }
     }
 
