@@ -1,0 +1,242 @@
+"""Driving the Compose stack on a real Docker engine: the commands the fixtures and tests share.
+
+compose/engine.sh provides the engine (a private dockerd where none answers, stopped
+by its PID afterwards, the host's network state put back) and the Debian base image
+(debootstrap, cached). The stack runs under its own project name with generated
+secrets, so a developer's `docker compose up` (and its .env) is never touched.
+
+Runs in CI (CI=true) and with `make compose-test` (COMPOSE_TEST=1); elsewhere the
+tests are skipped, because a first run installs Debian packages and builds images
+(about 3-5 minutes).
+"""
+
+import csv
+import io
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[2]
+ENGINE = PROJECT / "compose" / "engine.sh"
+COMPOSE_FILE = PROJECT / "docker-compose.yml"
+OFFSET = int(os.environ.get("TEST_STACK_OFFSET", "0"))
+# Outside the ephemeral port range (32768-60999), where a bind can collide with
+# the source port of any outgoing connection.
+APP_PORT = 29000 + OFFSET
+LOCUST_PORT = 29100 + OFFSET
+PROJECT_NAME = f"chattest{OFFSET or ''}"
+# Serialises sessions on one machine: they would share the engine and its docker0.
+LOCK_FILE = Path("/run/lock/chat-compose-test.lock")
+LOCK_WAIT_S = 1200
+LONG_RUNNING = ("postgres", "pgbouncer", "redis", "app")
+BUILD_TIMEOUT_S = 1200
+UP_TIMEOUT_S = 240
+TIMINGS: dict[str, float] = {}
+
+
+def run(argv, *, timeout: float, env: dict | None = None, check: bool = True, input: str | None = None):
+    """A command with a time limit; its output is returned, and shown when it fails."""
+    result = subprocess.run(
+        [str(arg) for arg in argv],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+    if check and result.returncode:
+        raise AssertionError(
+            f"{' '.join(map(str, argv))} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+@dataclass
+class ComposeStack:
+    """One Compose project on one engine, driven through whichever Compose is installed."""
+
+    command: list[str]  # ["docker", "compose"] (v2) or ["docker-compose"] (1.x)
+    version: str
+    env: dict[str, str]  # the subprocess environment: DOCKER_HOST and little else
+    env_file: Path
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def v2(self) -> bool:
+        return not self.version.startswith("1.")
+
+    @property
+    def app_url(self) -> str:
+        return f"http://127.0.0.1:{APP_PORT}"
+
+    def compose(self, *args, timeout: float = 120, check: bool = True, profile: bool = False):
+        argv = [
+            *self.command,
+            "--project-name",
+            PROJECT_NAME,
+            "--project-directory",
+            PROJECT,
+            "--file",
+            COMPOSE_FILE,
+            "--env-file",
+            self.env_file,
+            *(["--profile", "loadtest"] if profile else []),
+            *args,
+        ]
+        return run(argv, timeout=timeout, env=self.env, check=check)
+
+    def docker(self, *args, timeout: float = 60, check: bool = True, input: str | None = None):
+        return run(["docker", *args], timeout=timeout, env=self.env, check=check, input=input)
+
+    def containers(self, service: str) -> list[str]:
+        """Ids of the service's containers, running or exited."""
+        return self.docker(
+            "ps",
+            "--all",
+            "--quiet",
+            "--filter",
+            f"label=com.docker.compose.project={PROJECT_NAME}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+        ).stdout.split()
+
+    def container(self, service: str) -> str:
+        """The id of the service's (first) container."""
+        ids = self.containers(service)
+        assert ids, f"no container for service {service}"
+        return ids[0]
+
+    def container_state(self, container: str) -> tuple[str, str, int]:
+        """(status, health, exit code) of a container; health is "none" without a healthcheck."""
+        out = self.docker(
+            "inspect",
+            "--format",
+            "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} "
+            "{{.State.ExitCode}}",
+            container,
+        ).stdout.split()
+        return out[0], out[1], int(out[2])
+
+    def state(self, service: str) -> tuple[str, str, int]:
+        return self.container_state(self.container(service))
+
+    def psql(self, sql: str, **params: str) -> list[dict]:
+        """A query in PostgreSQL's container, as its superuser over the Unix socket (peer auth).
+
+        Parameters are psql variables (:'name' in the SQL), quoted by psql itself; the
+        SQL goes on stdin because psql interpolates variables there, not in --command.
+        """
+        variables = [f"--set={name}={value}" for name, value in params.items()]
+        out = self.docker(
+            "exec",
+            "--interactive",
+            self.container("postgres"),
+            "psql",
+            "--no-psqlrc",
+            "--quiet",
+            "--csv",
+            "--host=/run/postgresql",
+            "--dbname=chat",
+            "--set=ON_ERROR_STOP=1",
+            *variables,
+            "--file=-",
+            input=sql.rstrip().rstrip(";") + ";\n",
+        ).stdout
+        return list(csv.DictReader(io.StringIO(out)))
+
+    def pgbouncer_show(self, what: str) -> list[dict]:
+        """SHOW on PgBouncer's console as pgbouncer_stats, from inside its container."""
+        assert re.fullmatch(r"[A-Z]+", what)
+        out = self.docker(
+            "exec",
+            self.container("pgbouncer"),
+            "sh",
+            "-c",
+            'PGPASSWORD="$PGBOUNCER_STATS_PASSWORD" exec psql --no-psqlrc --csv --host=127.0.0.1 '
+            f'--port=6432 --username=pgbouncer_stats --dbname=pgbouncer --command="SHOW {what}"',
+        ).stdout
+        return list(csv.DictReader(io.StringIO(out)))
+
+    def ip_address(self, service: str, network: str) -> str:
+        return self.docker(
+            "inspect",
+            "--format",
+            f'{{{{(index .NetworkSettings.Networks "{PROJECT_NAME}_{network}").IPAddress}}}}',
+            self.container(service),
+        ).stdout.strip()
+
+    def print_diagnostics(self, out) -> None:
+        for args in (("ps", "--all"), ("logs", "--no-color", "--tail", "80")):
+            result = self.compose(*args, profile=True, check=False, timeout=60)
+            print(
+                f"===== {' '.join(self.command)} {' '.join(args)}",
+                result.stdout,
+                result.stderr,
+                sep="\n",
+                file=out,
+            )
+
+
+def detect_compose(env: dict[str, str]) -> tuple[list[str], str]:
+    """Compose v2 (`docker compose`) when the engine's client has it, else docker-compose."""
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        result = run([*command, "version", "--short"], timeout=30, env=env, check=False)
+        if result.returncode == 0 and result.stdout.strip():
+            return command, result.stdout.strip().lstrip("v")
+    raise AssertionError("no Docker Compose: `compose/engine.sh install` installs Debian's")
+
+
+def write_env_file(path: Path) -> dict[str, str]:
+    """.env.example with every change-me placeholder replaced by a random value."""
+    values = {}
+    lines = []
+    for line in (PROJECT / ".env.example").read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith("#") and value.startswith("change-me"):
+            values[name] = secrets.token_hex(32)
+            line = f"{name}={values[name]}"
+        lines.append(line)
+    lines += [
+        f"COMPOSE_PROJECT_NAME={PROJECT_NAME}",
+        f"APP_PUBLISH=127.0.0.1:{APP_PORT}",
+        f"LOCUST_PUBLISH=127.0.0.1:{LOCUST_PORT}",
+        # A short, bounded proof run: enough to show the naive target leaking.
+        f"LOADTEST_USERS={os.environ.get('COMPOSE_TEST_LOADTEST_USERS', '50')}",
+        f"LOADTEST_DURATION={os.environ.get('COMPOSE_TEST_LOADTEST_DURATION', '20')}",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return values
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_until_healthy(stack: ComposeStack, timeout: float) -> None:
+    """Compose 1.x has no `up --wait`: poll every long-running service's health."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {service: stack.state(service) for service in LONG_RUNNING}
+        if all(health == "healthy" for _status, health, _code in states.values()):
+            return
+        broken = {s: st for s, st in states.items() if st[0] in ("exited", "dead") or st[1] == "unhealthy"}
+        if broken or time.monotonic() > deadline:
+            raise AssertionError(f"services not healthy after {timeout:g}s: {states}")
+        time.sleep(2)

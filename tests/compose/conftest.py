@@ -1,0 +1,113 @@
+"""The Compose stack on a real Docker engine: built, brought up, torn down once per session.
+
+compose/engine.sh provides the engine (a private dockerd where none answers, stopped
+by its PID afterwards, the host's network state put back) and the Debian base image
+(debootstrap, cached). The stack runs under its own project name with generated
+secrets, so a developer's `docker compose up` (and its .env) is never touched.
+
+Runs in CI (CI=true) and with `make compose-test` (COMPOSE_TEST=1); elsewhere the
+tests are skipped, because a first run installs Debian packages and builds images
+(about 3-5 minutes).
+"""
+
+import fcntl
+import os
+import sys
+import time
+
+import pytest
+from compose_harness import (
+    APP_PORT,
+    BUILD_TIMEOUT_S,
+    ENGINE,
+    LOCK_FILE,
+    LOCK_WAIT_S,
+    LOCUST_PORT,
+    TIMINGS,
+    UP_TIMEOUT_S,
+    ComposeStack,
+    detect_compose,
+    port_is_free,
+    run,
+    wait_until_healthy,
+    write_env_file,
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("CI") or os.environ.get("COMPOSE_TEST"):
+        return
+    skip = pytest.mark.skip(reason="Compose end-to-end: runs in CI, or locally with `make compose-test`")
+    for item in items:
+        if "compose" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def compose_engine(tmp_path_factory):
+    """DOCKER_HOST of an engine with the base image; a private one is stopped afterwards."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK_FILE.open("w") as lock:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another Compose test session held {LOCK_FILE} for {LOCK_WAIT_S}s")
+                time.sleep(2)
+        started = time.monotonic()
+        run([ENGINE, "install"], timeout=600)
+        TIMINGS["install packages"] = time.monotonic() - started
+        try:
+            docker_host = run([ENGINE, "start"], timeout=120).stdout.strip()
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": os.environ.get("HOME", "/root"),
+                "LANG": "C.UTF-8",
+                "DOCKER_HOST": docker_host,
+            }
+            started = time.monotonic()
+            run([ENGINE, "base-image"], timeout=600, env=env)
+            TIMINGS["base image"] = time.monotonic() - started
+            yield env
+        finally:
+            run([ENGINE, "stop"], timeout=180, check=False)
+
+
+@pytest.fixture(scope="session")
+def compose_stack(request, compose_engine, tmp_path_factory):
+    """The stack built and up under PROJECT_NAME; always `down -v` afterwards."""
+    command, version = detect_compose(compose_engine)
+    env_file = tmp_path_factory.mktemp("compose") / "test.env"
+    stack = ComposeStack(command, version, compose_engine, env_file)
+    stack.secrets = write_env_file(env_file)
+    # Whatever an interrupted session left under this project name.
+    stack.compose("down", "--volumes", "--remove-orphans", profile=True, check=False)
+    for port in (APP_PORT, LOCUST_PORT):
+        assert port_is_free(port), f"127.0.0.1:{port} is in use; set TEST_STACK_OFFSET to move the test stack"
+    failed_during_setup = True
+    try:
+        started = time.monotonic()
+        stack.compose("build", profile=True, timeout=BUILD_TIMEOUT_S)
+        TIMINGS["build images"] = time.monotonic() - started
+        started = time.monotonic()
+        if stack.v2:
+            stack.compose("up", "--detach", "--wait", timeout=UP_TIMEOUT_S)
+        else:
+            stack.compose("up", "--detach", timeout=UP_TIMEOUT_S)
+            wait_until_healthy(stack, UP_TIMEOUT_S)
+        TIMINGS["up until healthy"] = time.monotonic() - started
+        failed_during_setup = False
+        yield stack
+    finally:
+        capture = request.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            if failed_during_setup or request.session.testsfailed:
+                stack.print_diagnostics(sys.stderr)
+            started = time.monotonic()
+            stack.compose("down", "--volumes", "--remove-orphans", profile=True, check=False, timeout=180)
+            TIMINGS["down -v"] = time.monotonic() - started
+            summary = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in TIMINGS.items())
+            print(f"\ncompose test ({' '.join(command)} {version}): {summary}", file=sys.stderr)
