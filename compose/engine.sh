@@ -61,7 +61,7 @@ install_tools() {
   if [[ ! -e $policy ]]; then
     printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
     as_root chmod 755 "$policy"
-    trap 'as_root rm -f "$policy"' RETURN
+    trap 'as_root rm -f "$policy"' EXIT  # `install` is all this process does
   fi
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -1,4 +1,4 @@
-"""The Compose stack on a real Docker engine: built, brought up, torn down once per session.
+"""The Compose stack on a real Docker engine: built, brought up and torn down once for the module.
 
 compose/engine.sh provides the engine (a private dockerd where none answers, stopped
 by its PID afterwards, the host's network state put back) and the Debian base image
@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def compose_engine(tmp_path_factory):
     """DOCKER_HOST of an engine with the base image; a private one is stopped afterwards."""
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def compose_engine(tmp_path_factory):
             run([ENGINE, "stop"], timeout=180, check=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def compose_stack(request, compose_engine, tmp_path_factory):
     """The stack built and up under PROJECT_NAME; always `down -v` afterwards."""
     command, version = detect_compose(compose_engine)
