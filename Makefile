@@ -49,6 +49,11 @@ demo: deps venv ## bring the stack up, check it end to end, and print where to l
 	@$(PY) -m native up
 	@$(PY) -m native.smoke
 
+.PHONY: chaos
+chaos: deps venv ## inject faults under load (PgBouncer/PostgreSQL restarts, saturated pool, killed Daphne); lost must be 0
+	@$(PY) -m native up
+	@$(PY) -m loadtest.chaos
+
 .PHONY: test
 test: deps venv ## run the whole test suite against real servers
 	$(PY) -m pytest
