@@ -82,13 +82,14 @@ private_pid() {
 }
 
 # Clock ticks since boot at which the process started: tells a PID from its reuse.
+# Nothing for a process that has exited (a zombie waiting for init to reap it).
 start_time() {
   local stat
   stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
   stat=${stat##*) }
   local fields
   read -r -a fields <<<"$stat"
-  echo "${fields[19]}"
+  [[ ${fields[0]} == Z ]] || echo "${fields[19]}"
 }
 
 start_engine() {
@@ -139,36 +140,63 @@ start_engine() {
 
 stop_engine() {
   local pid
-  if ! pid=$(private_pid); then
-    [[ -e $pid_file.ours ]] && { restore_host_state; rm -f "$pid_file.ours"; }
-    return 0
+  if pid=$(private_pid); then
+    log "stopping the private dockerd (pid $pid)"
+    # dockerd stops its containers (15 s grace each, in parallel) and its containerd.
+    kill -TERM "$pid"
+    local deadline=$((SECONDS + 60))
+    while private_pid >/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
+    if private_pid >/dev/null; then
+      log "dockerd still runs after 60s: killing its process group"
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      sleep 1
+    fi
+  elif [[ ! -e $pid_file.ours ]]; then
+    return 0  # not started by this script: not ours to stop
   fi
-  log "stopping the private dockerd (pid $pid)"
-  # dockerd stops its containers (15 s grace each, in parallel) and its containerd.
-  kill -TERM "$pid"
-  local deadline=$((SECONDS + 60))
-  while private_pid >/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
-  if private_pid >/dev/null; then
-    log "dockerd still runs after 60s: killing its process group"
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    sleep 1
-  fi
-  kill_leftover_shims
+  # Also after a dockerd that died on its own: whatever it left is cleaned up here.
+  kill_leftovers
+  unmount_leftovers
   rm -f "$pid_file.ours"
   restore_host_state
 }
 
-# containerd shims outlive a killed dockerd. Ours name our exec root on their command
-# line, so each is found by that unique path and stopped by its PID.
-kill_leftover_shims() {
-  local proc pid
+# containerd and its shims outlive a killed dockerd, and a shim's container
+# processes outlive the shim. Ours name our exec root on their command line, so
+# each is found by that unique path; it and its descendants are stopped by PID.
+kill_leftovers() {
+  local proc pid cmdline victims=() children
   for proc in /proc/[0-9]*; do
     pid=${proc#/proc/}
-    if tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | grep -qF -- "$run_dir/exec/"; then
-      log "stopping leftover process $pid: $(tr '\0' ' ' <"$proc/cmdline" | cut -c1-120)"
-      kill -KILL "$pid" 2>/dev/null || true
+    # A process may exit between the listing and the read: no error for that.
+    cmdline=$({ tr '\0' ' ' <"$proc/cmdline"; } 2>/dev/null) || continue
+    if [[ $cmdline == *"$run_dir/exec/"* ]]; then
+      log "stopping leftover process $pid: ${cmdline:0:120}"
+      mapfile -t children < <(descendants "$pid")
+      victims+=("$pid" "${children[@]}")
     fi
   done
+  ((${#victims[@]})) || return 0
+  kill -KILL "${victims[@]}" 2>/dev/null || true
+  sleep 1
+}
+
+descendants() {
+  local child
+  for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    echo "$child"
+    descendants "$child"
+  done
+}
+
+# Container root filesystems and network namespaces stay mounted after a crash.
+unmount_leftovers() {
+  local mount_point
+  while read -r mount_point; do
+    log "unmounting $mount_point"
+    umount --lazy "$mount_point" 2>/dev/null || true
+  done < <(awk -v data="$data_dir/" -v run="$run_dir/" \
+    'index($2, data) == 1 || index($2, run) == 1 {print $2}' /proc/mounts | sort -r)
 }
 
 # --- host state: what dockerd changes, recorded before and put back after ----------
