@@ -45,9 +45,15 @@ status: venv ## show which native services run
 	@$(PY) -m native status
 
 .PHONY: demo
-demo: deps venv ## bring the stack up, check it end to end, and print where to look
+demo: deps venv ## bring the stack up, check it end to end, then prove server connections stay bounded (pooled vs naive, ~5 min)
 	@$(PY) -m native up
 	@$(PY) -m native.smoke
+	@$(PY) -m loadtest.demo
+
+.PHONY: bench
+bench: deps venv ## not a test: every configuration side by side, the pgbench ceiling and 5,000 users (~15 min)
+	@$(PY) -m native up
+	@$(PY) -m loadtest.bench
 
 .PHONY: chaos
 chaos: deps venv ## inject faults under load (PgBouncer/PostgreSQL restarts, saturated pool, killed Daphne); lost must be 0
@@ -55,8 +61,12 @@ chaos: deps venv ## inject faults under load (PgBouncer/PostgreSQL restarts, sat
 	@$(PY) -m loadtest.chaos
 
 .PHONY: test
-test: deps venv ## run the whole test suite against real servers
-	$(PY) -m pytest
+test: deps venv ## the whole suite against real servers, the Compose stack on a private Docker engine included
+	COMPOSE_TEST=1 $(PY) -m pytest
+
+.PHONY: test-native
+test-native: deps venv ## the suite without the Compose stack (no Docker install, ~3 min)
+	$(PY) -m pytest -m "not compose"
 
 .PHONY: compose-test
 compose-test: venv ## only the Docker Compose end-to-end test (installs Docker, builds the images)
