@@ -141,11 +141,30 @@ if env.str("DIRECT_DATABASE_URL", default=""):
 # --- Channels ------------------------------------------------------------------
 # One Daphne process can use the in-memory layer; several processes need a shared
 # layer so a message broadcast by one reaches members connected to another.
+#
+# Redis pub/sub by default: a broadcast is one PUBLISH that each process fans out
+# to its own members, and membership lives in the process, so it ends with it.
+# `make bench` measured it at about 1.4x the messages/s of channels_redis' list-based
+# "core" layer at the same 2 Daphne processes. At 1,000 users the core layer also
+# ran out of its per-process Redis pool (redis-py 8 caps it at 100 connections) when
+# many members joined or left at once: consumers crashed ("Too many connections")
+# and left dead members in their groups for group_expiry (a day). Pub/sub is
+# at-most-once (the layer's README calls it beta): a member whose Redis connection
+# drops misses broadcasts meanwhile; messages are in PostgreSQL either way, and
+# history fills the gap. CHANNEL_LAYER_BACKEND=core switches back.
+# https://github.com/django/channels_redis#usage
 CHANNEL_LAYER_URL = env.str("CHANNEL_LAYER_URL", default="")
+CHANNEL_LAYER_BACKENDS = {
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "core": "channels_redis.core.RedisChannelLayer",
+}
+CHANNEL_LAYER_BACKEND = env.str("CHANNEL_LAYER_BACKEND", default="pubsub")
+if CHANNEL_LAYER_BACKEND not in CHANNEL_LAYER_BACKENDS:
+    raise ImproperlyConfigured(f"CHANNEL_LAYER_BACKEND must be one of {', '.join(CHANNEL_LAYER_BACKENDS)}")
 if CHANNEL_LAYER_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": CHANNEL_LAYER_BACKENDS[CHANNEL_LAYER_BACKEND],
             "CONFIG": {
                 "hosts": [
                     {
