@@ -6,6 +6,7 @@ number is computed one way only.
 
 import configparser
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import psycopg
@@ -25,11 +26,28 @@ def connection_bound(ini: Path = PGBOUNCER_INI) -> int:
         inline_comment_prefixes=(";",), comment_prefixes=(";", "#", "%"), interpolation=None
     )
     parser.read_string(ini.read_text())
-    section = parser["pgbouncer"]
-    bound = section.getint("default_pool_size", 20) + section.getint("reserve_pool_size", 0)
+    return bound_from_settings(parser["pgbouncer"])
+
+
+def connection_bound_from_console(conn: psycopg.Connection) -> int:
+    """The same bound from the settings a running PgBouncer reports (SHOW CONFIG).
+
+    For a load test that reaches PgBouncer but has no copy of its ini file.
+    """
+    return bound_from_settings({row["key"]: row["value"] for row in pgbouncer_show(conn, "CONFIG")})
+
+
+def bound_from_settings(settings: Mapping[str, str]) -> int:
+    """One formula for both sources: pool size plus reserve, capped per database/user."""
+
+    def setting(name: str, default: int) -> int:
+        value = str(settings.get(name, "") or "").strip()
+        return int(value) if value else default
+
+    bound = setting("default_pool_size", 20) + setting("reserve_pool_size", 0)
     for cap in ("max_db_connections", "max_user_connections"):
-        if section.getint(cap, 0) > 0:
-            bound = min(bound, section.getint(cap))
+        if setting(cap, 0) > 0:
+            bound = min(bound, setting(cap, 0))
     return bound
 
 
@@ -70,7 +88,9 @@ def pgbouncer_show(conn: psycopg.Connection, what: str) -> list[dict]:
     """
     if what.upper() not in {"POOLS", "SERVERS", "CLIENTS", "STATS", "DATABASES", "CONFIG"}:
         raise ValueError(f"unsupported SHOW {what}")
-    cursor = conn.execute(f"SHOW {what.upper()}")
+    # prepare=False: psycopg prepares a query it has run 5 times, and the admin
+    # console refuses the extended protocol that needs.
+    cursor = conn.execute(f"SHOW {what.upper()}", prepare=False)
     names = [column.name for column in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
