@@ -1,0 +1,91 @@
+"""python -m loadtest.demo: `make demo`'s proof, on the native stack.
+
+Runs after `python -m native up` and `python -m native.smoke`: the same Locust
+scenario (1,000 chat users for 60 s at full load by default) against the shipped
+reference configuration, then against `naive`, restarting the app in each
+profile in turn. The code path is loadtest.prove's; only the restarts are added.
+Writes results/latest/{pooled,naive}/summary.json, report.md and connections.png,
+prints the verdict, and exits non-zero unless the reference is bounded with zero
+failures. The app is left running in the shipped profile, as `make up` leaves it.
+"""
+
+import argparse
+import resource
+import sys
+from pathlib import Path
+
+from loadtest.prove import Target, prove
+from loadtest.scenario import PROJECT, Scenario
+from native.profiles import PROFILES, SHIPPED
+from native.stack import Stack, StackError
+
+
+def raise_open_file_limit() -> None:
+    """Daphne inherits this process's limit when restarted from here: every WebSocket
+    and keep-alive HTTP connection is a descriptor, and 1,024 (a common soft limit)
+    runs out at about 500 users per process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def describe(stack: Stack, profile_name: str) -> str:
+    profile = PROFILES[profile_name]
+    processes = f"{stack.config.app_workers} Daphne processes"
+    if profile_name == SHIPPED.name:
+        return (
+            f"The reference as shipped: native profile {profile.name} ({profile.summary}); "
+            f"{processes}, Redis channel layer, app settings at their defaults."
+        )
+    return f"Native profile {profile.name}: {profile.summary}; {processes}."
+
+
+def monitor_env(stack: Stack) -> dict[str, str]:
+    return {
+        "MONITOR_POSTGRES_DSN": stack.dsn("chat_monitor", through_pgbouncer=False),
+        "MONITOR_PGBOUNCER_DSN": stack.dsn("pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=Scenario.users, help="(default %(default)s)")
+    parser.add_argument(
+        "--duration", type=float, default=Scenario.hold_s, help="seconds at full load (%(default)s)"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=PROJECT / "results" / "latest", help="(default %(default)s)"
+    )
+    args = parser.parse_args(argv)
+
+    raise_open_file_limit()
+    stack = Stack()
+    scenario = Scenario(users=args.users, hold_s=args.duration)
+    targets = [
+        Target("pooled", stack.app_url, describe(stack, SHIPPED.name), config=SHIPPED.name),
+        Target("naive", stack.app_url, describe(stack, "naive"), config="naive"),
+    ]
+
+    def restart_in_profile(target: Target) -> None:
+        stack.restart_app(PROFILES[target.config])
+
+    try:
+        stack.up(SHIPPED)  # already up after `python -m native up`: this only checks
+        return prove(
+            targets,
+            scenario,
+            args.results,
+            reference="pooled",
+            before_each=restart_in_profile,
+            env=monitor_env(stack),
+        )
+    except (StackError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if stack.pid("postgres"):
+            stack.restart_app(SHIPPED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
