@@ -105,7 +105,10 @@ def capacity_scenario(args) -> Scenario:
     return Scenario(
         users=args.capacity_users,
         hold_s=60,
-        spawn_rate=50,
+        # Each arrival is three HTTP requests and a handshake: at 50/s, past ~3,000 users,
+        # two Daphne processes fell 10 s behind during the ramp (and recovered once
+        # everyone was in); 20/s is an arrival rate they absorb.
+        spawn_rate=20,
         mode="chat",
         pace_s=25,
         history_every_s=120,

@@ -42,6 +42,12 @@ def add_chat_options(parser) -> None:
     group.add_argument(
         "--pace", type=float, default=5.0, help="chat mode: seconds between a user's messages (±50%%)"
     )
+    group.add_argument(
+        "--max-rate",
+        type=float,
+        default=0.0,
+        help="saturate mode: at most this many messages/s per user (0: none, back to back)",
+    )
     group.add_argument("--room-size", type=int, default=5, help="members per room: the broadcast fan-out")
     group.add_argument("--room-prefix", default="load", help="rooms are named PREFIX-WORKER-N")
     group.add_argument(
@@ -232,6 +238,7 @@ class RunRecorder:
             scenario={
                 "mode": options.mode,
                 "pace_s": options.pace if options.mode == "chat" else 0,
+                "max_rate": options.max_rate if options.mode == "saturate" else None,
                 "room_size": options.room_size,
                 "history_every_s": options.history_every if options.mode == "chat" else None,
                 "spawn_rate": options.spawn_rate,

@@ -9,7 +9,9 @@ One user class, two modes (--mode):
             This is the proof's scenario: its HTTP requests are what leak
             connections under Daphne with CONN_MAX_AGE>0.
   saturate  WebSocket only, closed loop: the next message right after the ack.
-            Throughput for `make bench`.
+            Throughput for `make bench`. The server allows each socket CHAT_RATE_PER_S
+            messages per second (20 by default) and answers rate_limited beyond, so
+            have enough users that each stays under it, or cap them with --max-rate.
 
 Users are grouped into rooms of --room-size members, so each message fans out to
 a handful of sockets, as in a real chat. Every WebSocket connect and message round
@@ -75,6 +77,7 @@ class ChatUser(FastHttpUser):
         self.backoff = Backoff(first=0.5, cap=self.options.reconnect_max)
         self.sent = 0
         self.last_sent = time.perf_counter()
+        self.last_sent_at = time.monotonic()
         self.chatting = self.options.mode == "chat"
         if self.chatting:
             self.open_page()
@@ -103,6 +106,8 @@ class ChatUser(FastHttpUser):
             if self.options.history_every > 0 and time.monotonic() >= self.next_history:
                 self.load_history()
                 self.next_history = time.monotonic() + self._jittered(self.options.history_every)
+        elif self.options.max_rate > 0:
+            self.next_send = self.last_sent_at + 1 / self.options.max_rate
         else:
             self.next_send = time.monotonic()
 
@@ -188,6 +193,7 @@ class ChatUser(FastHttpUser):
         client_id = f"{self.member}-{RUN_TAG}-{self.sent}"
         text = f"message {self.sent} from {self.member}"
         started = self.last_sent = time.perf_counter()
+        self.last_sent_at = time.monotonic()
         try:
             ack = self.socket.post(text, client_id, timeout=self.options.ack_timeout)
         except SocketFailure as failure:

@@ -58,6 +58,7 @@ class RoomSocket:
         self.close_reason = ""
         self.connected_at = 0.0
         self._pending: dict[str, AsyncResult] = {}
+        self._given_up: set[str] = set()  # client_ids whose ack came too late to count
         self._unsolicited_errors: list[dict] = []
 
     # --- connecting ------------------------------------------------------------------
@@ -120,6 +121,7 @@ class RoomSocket:
             return answer.get(timeout=timeout)
         except gevent.Timeout:
             COUNTERS["ack_timeouts"] += 1
+            self._given_up.add(client_id)
             raise SocketFailure(f"no ack within {timeout:g}s") from None
         except (OSError, websocket.WebSocketException) as error:
             raise SocketFailure(f"send failed: {type(error).__name__}: {error}") from None
@@ -149,8 +151,12 @@ class RoomSocket:
         if kind == "message":
             COUNTERS["broadcasts_received"] += 1
         elif kind == "ack":
-            pending = self._pending.pop(frame.get("client_id", ""), None)
-            if pending is None:
+            client_id = frame.get("client_id", "")
+            pending = self._pending.pop(client_id, None)
+            if pending is None and client_id in self._given_up:
+                self._given_up.discard(client_id)
+                COUNTERS["acks_late"] += 1  # already failed as "no ack within ..."
+            elif pending is None:
                 COUNTERS["acks_unmatched"] += 1  # an ack for nothing we sent, or sent twice
             else:
                 COUNTERS["acks_matched"] += 1

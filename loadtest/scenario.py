@@ -25,6 +25,7 @@ class Scenario:
     spawn_rate: float = 25.0
     mode: str = "chat"  # or "saturate" (see locustfile.py)
     pace_s: float = 5.0
+    max_rate: float = 0.0  # saturate mode: messages/s per user, 0 = back to back
     room_size: int = 5
     history_every_s: float = 30.0
     room_prefix: str = "load"
@@ -80,6 +81,8 @@ class Scenario:
             self.mode,
             "--pace",
             f"{self.pace_s:g}",
+            "--max-rate",
+            f"{self.max_rate:g}",
             "--room-size",
             str(self.room_size),
             "--history-every",

@@ -1,0 +1,202 @@
+"""The load test's parts against the real test stack: the monitor, the gate, the Locust user.
+
+Locust runs as `make demo` and prove run it (a subprocess, headless, small and
+short), so these tests exercise the same path; what they check is counts and
+verdicts, never how fast anything was.
+"""
+
+import csv
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from loadtest.client import ChatHttp, ChatSocket
+from loadtest.demo import monitor_env
+from loadtest.gate import reasons_to_fail
+from loadtest.monitor import POOL_FIELDS, ConnectionMonitor, MonitorDsns, SampleLog, read_samples
+from loadtest.observe import (
+    APP_ROLE,
+    app_role_backend_pids,
+    connection_bound,
+    connection_bound_from_console,
+)
+from loadtest.prove import Target, run_target
+from loadtest.scenario import PROJECT, Scenario
+from native.profiles import PROFILES, SHIPPED
+
+
+@pytest.fixture
+def monitor(stack):
+    env = monitor_env(stack)
+    monitor = ConnectionMonitor(MonitorDsns(env["MONITOR_POSTGRES_DSN"], env["MONITOR_PGBOUNCER_DSN"]))
+    monitor.open()
+    yield monitor
+    monitor.close()
+
+
+def small(**changes) -> Scenario:
+    """A few users for a few seconds, in rooms of their own."""
+    settings = {
+        "users": 10,
+        "hold_s": 6,
+        "spawn_rate": 10,
+        "pace_s": 0.5,
+        "history_every_s": 2,
+        "room_prefix": f"lt-{uuid.uuid4().hex[:8]}",
+        "idle_after_s": 1,
+    }
+    return Scenario(**{**settings, **changes})
+
+
+# --- the monitor ------------------------------------------------------------------------
+
+
+def test_the_monitor_samples_what_postgresql_and_pgbouncer_hold(stack, room, monitor, monitor_db):
+    socket = ChatSocket(stack.app_url, room, "sampled")
+    assert socket.post("so the app holds pooled connections", "m-1")["type"] == "ack"
+    socket.close()
+
+    sample = monitor.sample()
+    by_state = sample["server_connections"][APP_ROLE]
+    assert sample["app_server_connections"] == sum(by_state.values())
+    assert sample["app_server_connections"] == len(app_role_backend_pids(monitor_db))
+    assert 1 <= sample["app_server_connections"] <= connection_bound()
+    pool = sample["pgbouncer_pool"]
+    assert set(pool) == set(POOL_FIELDS)
+    assert pool["cl_active"] >= 1  # the Django pool's logged-in client connections
+    assert pool["sv_active"] + pool["sv_idle"] + pool["sv_used"] == sample["app_server_connections"]
+
+
+def test_the_bound_is_the_same_read_from_the_ini_or_from_the_running_pgbouncer(monitor, pgbouncer_console):
+    bound, source = monitor.bound()
+    assert bound == connection_bound() == connection_bound_from_console(pgbouncer_console)
+    assert source.endswith("pgbouncer.ini")
+
+
+def test_samples_are_kept_as_json_lines_and_csv(tmp_path, monitor):
+    log = SampleLog(tmp_path)
+    for second in range(3):
+        log.write({"elapsed_s": second, "phase": "load", "users": 1, **monitor.sample()})
+    log.close()
+    samples = read_samples(tmp_path / "samples.jsonl")
+    assert [s["elapsed_s"] for s in samples] == [0, 1, 2]
+    with (tmp_path / "samples.csv").open() as csv_file:
+        rows = list(csv.DictReader(csv_file))
+    assert [row["app_server_connections"] for row in rows] == [
+        str(s["app_server_connections"]) for s in samples
+    ]
+    assert [row["pgbouncer_cl_active"] for row in rows] == [
+        str(s["pgbouncer_pool"]["cl_active"]) for s in samples
+    ]
+
+
+# --- the gate ---------------------------------------------------------------------------
+
+
+def gate(summary_path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "loadtest.gate", str(summary_path)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_gate_fails_a_run_whose_samples_exceed_the_bound(tmp_path):
+    bound = connection_bound()
+    log = SampleLog(tmp_path)
+    for connections in (2, bound + 1, 3):
+        log.write({"elapsed_s": connections, "app_server_connections": connections})
+    log.close()
+    # The summary claims a peak within the bound; the gate believes the samples.
+    summary = {"config": "over", "requests": 10, "failures": 0, "server_connections_peak": 3}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+
+    result = gate(tmp_path / "summary.json")
+    assert result.returncode == 1
+    assert f"{bound + 1} exceed the bound {bound}" in result.stdout
+    assert "unbounded" in result.stdout
+
+
+def test_the_gate_passes_a_run_within_the_bound_and_fails_one_with_failures(tmp_path):
+    bound = connection_bound()
+    log = SampleLog(tmp_path)
+    log.write({"elapsed_s": 0, "app_server_connections": bound})
+    log.close()
+    (tmp_path / "summary.json").write_text(json.dumps({"requests": 10, "failures": 0}))
+    assert gate(tmp_path / "summary.json").returncode == 0
+
+    within = {"server_connections_peak": bound, "server_connection_bound": bound}
+    assert reasons_to_fail({**within, "requests": 100, "failures": 1}, max_fail_ratio=0.0) != []
+    assert reasons_to_fail({**within, "requests": 100, "failures": 1}, max_fail_ratio=0.05) == []
+    assert reasons_to_fail({**within, "requests": 0, "failures": 0}, max_fail_ratio=0.0) != []
+    no_reading = {
+        "server_connections_peak": None,
+        "server_connection_bound": bound,
+        "requests": 1,
+        "failures": 0,
+    }
+    assert reasons_to_fail(no_reading, max_fail_ratio=0.0) != []
+
+
+# --- the Locust user against the real stack --------------------------------------------
+
+
+def test_locust_chat_users_get_every_message_acknowledged(stack, tmp_path):
+    summary = run_target(
+        Target("pooled", stack.app_url, config=SHIPPED.name), small(), tmp_path, monitor_env(stack)
+    )
+    by_name = summary["requests_by_name"]
+    messages = by_name["WS message"]["requests"]
+    assert summary["requests"] > 0
+    assert summary["failures"] == 0
+    assert messages > 0
+    assert by_name["WS connect"]["requests"] >= 10
+    for page in ("GET /", "POST /api/rooms", "GET /api/rooms/[room]/messages"):
+        assert by_name[page]["requests"] >= 10
+    counters = summary["chat_counters"]
+    assert counters["acks_matched"] == messages  # every ack answered the message it names
+    assert counters.get("acks_unmatched", 0) == 0
+    assert counters["broadcasts_received"] >= messages  # each reaches its sender at least
+    assert summary["verdict"] == "bounded"
+    assert summary["gate"]["passed"]
+    assert summary["config"] == SHIPPED.name
+    assert summary["latency_ms"]["p99"] > 0
+    assert len(read_samples(tmp_path / "samples.jsonl")) >= 5
+
+
+def test_locust_saturating_users_send_without_pause(stack, tmp_path):
+    # Capped under the server's per-socket rate limit (CHAT_RATE_PER_S, 20/s): five
+    # users back to back would measure the limiter, not the user.
+    scenario = small(mode="saturate", users=5, spawn_rate=5, hold_s=3, max_rate=10)
+    http = ChatHttp(stack.app_url)
+    http.ensure_room(f"{scenario.room_prefix}-0-0")  # WebSocket-only users make no HTTP requests
+    summary = run_target(Target("saturate", stack.app_url), scenario, tmp_path, monitor_env(stack))
+    assert summary["failures"] == 0
+    assert set(summary["requests_by_name"]) == {"WS connect", "WS message"}
+    assert summary["requests_by_name"]["WS message"]["requests"] > summary["users"]
+    assert summary["messages_per_s"] > 0
+
+
+def test_a_naive_run_leaks_server_connections_through_http_and_fails_the_gate(stack, tmp_path):
+    """Straight to PostgreSQL with CONN_MAX_AGE=60, each HTTP request's thread keeps its
+    connection: the same small chat load that stays bounded above goes over the bound."""
+    stack.restart_app(PROFILES["naive"])
+    try:
+        summary = run_target(
+            Target("naive", stack.app_url, config="naive"),
+            small(users=30, spawn_rate=30, history_every_s=1),
+            tmp_path,
+            monitor_env(stack),
+        )
+    finally:
+        stack.restart_app(SHIPPED)
+    assert summary["server_connections_peak"] > summary["server_connection_bound"]
+    assert summary["verdict"] == "unbounded"
+    assert not summary["gate"]["passed"]
+    assert any("exceed the bound" in reason for reason in summary["gate"]["reasons"])
+    assert summary["requests_by_name"]["WS message"]["failures"] == 0  # the WebSockets are not the leak
