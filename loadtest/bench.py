@@ -174,7 +174,7 @@ def measure_ceiling(stack: Stack, args) -> dict:
         "description": "pgbench: the message INSERT as chat_app through the same PgBouncer, "
         "persistent connections, no app in between",
         "tps_by_clients": by_clients,
-        "messages_per_s": best["tps"],
+        "messages_per_s": round(best["tps"], 1),
         # Server connections PgBouncer keeps for the app role once pgbench is done.
         "server_connections_after": int(pool["sv_active"]) + int(pool["sv_idle"]) + int(pool["sv_used"]),
         "server_connection_bound": connection_bound(),

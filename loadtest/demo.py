@@ -35,7 +35,7 @@ def describe(stack: Stack, profile_name: str) -> str:
     if profile_name == SHIPPED.name:
         return (
             f"The reference as shipped: native profile {profile.name} ({profile.summary}); "
-            f"{processes}, Redis channel layer, app settings at their defaults."
+            f"{processes}, Redis pub/sub channel layer, app settings at their defaults."
         )
     return f"Native profile {profile.name}: {profile.summary}; {processes}."
 

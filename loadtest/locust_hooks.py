@@ -126,6 +126,7 @@ class RunRecorder:
 
     def on_test_start(self, **_kwargs) -> None:
         self.started, self.full_load, self.stopped = time.monotonic(), None, None
+        self.workers = 0
         self.full_load_snapshot = self.stopped_snapshot = None
         self.samples = []
         COUNTERS.clear()
@@ -140,6 +141,8 @@ class RunRecorder:
             self.sampler = gevent.spawn(self._sample_every_second)
 
     def on_spawning_complete(self, **_kwargs) -> None:
+        if isinstance(self.env.runner, MasterRunner):  # workers have left by the summary
+            self.workers = max(self.workers, self.env.runner.worker_count)
         if self.started is not None and self.full_load is None:
             self.full_load = time.monotonic()
             self.full_load_snapshot = summary.Snapshot.of(self.env.stats)
@@ -208,11 +211,12 @@ class RunRecorder:
         pool = s.get("pgbouncer_pool") or {}
         target = getattr(self.options, "num_users", None) or "?"
         server = s.get("app_server_connections")
+        bound = "-" if self.bound is None else self.bound
         return (
             f"{PROGRESS_PREFIX} {self.options.run_label or 'run'} {s['elapsed_s']:5.0f}s {s['phase']:5} "
             f"users {s['users']}/{target}  req/s {s['rps']:.0f}  msg p95 {s['message_p95_ms'] or 0} ms  "
             f"failures {s['failures']}  | PostgreSQL app conns {'?' if server is None else server}"
-            f" (bound {self.bound})  PgBouncer clients {pool.get('cl_active', '-')}"
+            f" (bound {bound})  PgBouncer clients {pool.get('cl_active', '-')}"
             f" waiting {pool.get('cl_waiting', '-')}"
         )
 
@@ -242,7 +246,7 @@ class RunRecorder:
                 "room_size": options.room_size,
                 "history_every_s": options.history_every if options.mode == "chat" else None,
                 "spawn_rate": options.spawn_rate,
-                "workers": self.env.runner.worker_count if isinstance(self.env.runner, MasterRunner) else 1,
+                "workers": self.workers if isinstance(self.env.runner, MasterRunner) else 1,
             },
             bound_source=self.bound_source,
             postgres_max_connections=self.max_connections,

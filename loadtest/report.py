@@ -136,7 +136,8 @@ def write_report(summaries: list[dict], names: list[str], scenario, results: Pat
         "CONN_MAX_AGE > 0 that thread's connection is kept for reuse by a thread that never "
         "comes back, so each request can leave a PostgreSQL connection behind until Python's "
         "garbage collector happens to free it: the count climbs to max_connections and "
-        'clients get "too many clients already". WebSocket consumers do not leak this way: '
+        'clients get "too many clients already" (the app answers such requests with HTTP 503 '
+        '"unavailable"). WebSocket consumers do not leak this way: '
         "`database_sync_to_async` runs all of a process's consumer database work on one thread, "
         "so they hold one connection per Daphne process (see `make bench`, WebSocket only). "
         "With CONN_MAX_AGE=0 every request and message closes (or returns to Django's pool) its "
