@@ -77,7 +77,6 @@ class ChatUser(FastHttpUser):
         self.backoff = Backoff(first=0.5, cap=self.options.reconnect_max)
         self.sent = 0
         self.last_sent = time.perf_counter()
-        self.last_sent_at = time.monotonic()
         self.chatting = self.options.mode == "chat"
         if self.chatting:
             self.open_page()
@@ -107,7 +106,8 @@ class ChatUser(FastHttpUser):
                 self.load_history()
                 self.next_history = time.monotonic() + self._jittered(self.options.history_every)
         elif self.options.max_rate > 0:
-            self.next_send = self.last_sent_at + 1 / self.options.max_rate
+            since_sent = time.perf_counter() - self.last_sent
+            self.next_send = time.monotonic() + max(0.0, 1 / self.options.max_rate - since_sent)
         else:
             self.next_send = time.monotonic()
 
@@ -193,7 +193,6 @@ class ChatUser(FastHttpUser):
         client_id = f"{self.member}-{RUN_TAG}-{self.sent}"
         text = f"message {self.sent} from {self.member}"
         started = self.last_sent = time.perf_counter()
-        self.last_sent_at = time.monotonic()
         try:
             ack = self.socket.post(text, client_id, timeout=self.options.ack_timeout)
         except SocketFailure as failure:
