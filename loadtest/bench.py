@@ -4,7 +4,10 @@ For each configuration (native/profiles.py, plus variants that turn one lever),
 the app is restarted with the same number of Daphne processes and driven by the
 saturating WebSocket-only scenario (each user's next message right after its
 ack), in rounds with the order reversed every other round so that a slow moment
-of the machine does not land on one configuration only. Then the ceiling:
+of the machine does not land on one configuration only. WebSocket-only load
+does not show the leak (consumers use one database thread per process), so each
+configuration from native/profiles.py also gets a short chat run with its HTTP
+page and history loads, for its connection peaks. Then the ceiling:
 pgbench running the same INSERT through the same PgBouncer. Then the capacity
 run: the shipped configuration under the chat scenario with many users.
 
@@ -99,6 +102,21 @@ def throughput_scenario(args) -> Scenario:
     )
 
 
+def leak_scenario() -> Scenario:
+    """Chat users reloading history every few seconds: the HTTP traffic that leaks."""
+    return Scenario(
+        users=300,
+        hold_s=20,
+        spawn_rate=25,
+        mode="chat",
+        pace_s=5,
+        history_every_s=5,
+        room_size=5,
+        room_prefix="leak",
+        idle_after_s=5,
+    )
+
+
 def capacity_scenario(args) -> Scenario:
     # A long pace and rarer history reloads: many people in rooms, each one quiet,
     # which is what a large chat looks like; the HTTP page loads still come with every join.
@@ -125,10 +143,16 @@ def prepare_rooms(stack: Stack, scenario: Scenario) -> None:
         http.ensure_room(f"{scenario.room_prefix}-0-{number}")
 
 
-def combine(config: BenchConfig, runs: list[dict]) -> dict:
-    """One row from several rounds: mean messages/s; the worst latency, peak and failures."""
+def combine(config: BenchConfig, runs: list[dict], with_http: dict | None) -> dict:
+    """One row from several rounds: mean messages/s; the worst latency, peak and failures.
+
+    The peak and verdict also count the chat run with HTTP (``with_http``) when there is one.
+    """
     rates = [run["messages_per_s"] or 0.0 for run in runs]
     worst = max(runs, key=lambda run: (run["latency_ms"] or {}).get("p99", 0))
+    websocket_peak = max(run["server_connections_peak"] or 0 for run in runs)
+    peaks = [websocket_peak] + ([with_http["server_connections_peak"] or 0] if with_http else [])
+    bound = runs[0]["server_connection_bound"]
     return {
         "config": config.name,
         "description": config.description,
@@ -136,16 +160,32 @@ def combine(config: BenchConfig, runs: list[dict]) -> dict:
         "duration_s": round(sum(run["duration_s"] for run in runs), 1),
         "requests": sum(run["requests"] for run in runs),
         "failures": sum(run["failures"] for run in runs),
-        "server_connections_peak": max(run["server_connections_peak"] or 0 for run in runs),
-        "server_connection_bound": runs[0]["server_connection_bound"],
+        "server_connections_peak": max(peaks),
+        "server_connection_bound": bound,
         "server_connections_after": max(run["server_connections_after"] or 0 for run in runs),
         "pgbouncer_clients_peak": max(run.get("pgbouncer_clients_peak") or 0 for run in runs),
         "latency_ms": worst["latency_ms"],
         "messages_per_s": round(statistics.mean(rates), 1),
         "messages_per_s_runs": rates,
-        "verdict": "bounded" if all(run["verdict"] == "bounded" for run in runs) else "unbounded",
+        "verdict": "bounded" if max(peaks) <= bound else "unbounded",
+        "server_connections_peak_websocket_only": websocket_peak,
+        "with_http": _leak_figures(with_http) if with_http else None,
         "scenario": runs[0]["scenario"],
         "extra_env": config.extra_env,
+    }
+
+
+def _leak_figures(summary: dict) -> dict:
+    http = {k: v for k, v in summary["requests_by_name"].items() if not k.startswith("WS ")}
+    return {
+        "server_connections_peak": summary["server_connections_peak"],
+        "server_connections_after": summary["server_connections_after"],
+        "pgbouncer_clients_peak": summary["pgbouncer_clients_peak"],
+        "http_requests": sum(f["requests"] for f in http.values()),
+        "http_failures": sum(f["failures"] for f in http.values()),
+        "requests": summary["requests"],
+        "failures": summary["failures"],
+        "scenario": summary["scenario"],
     }
 
 
@@ -181,13 +221,21 @@ def measure_ceiling(stack: Stack, args) -> dict:
     }
 
 
+def _count_of(http: dict) -> str:
+    if not http:
+        return "-"
+    return f"{http['http_failures']:,} of {http['http_requests']:,}"
+
+
 def markdown(rows: list[dict], ceiling_row: dict | None, capacity: dict | None, header: str) -> str:
     naive = next((row for row in rows if row["config"] == "naive"), None)
     lines = [
         header,
         "",
-        "| config | server conns peak / bound | msg/s | vs naive | p50 / p95 / p99 ms | failures | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| config | msg/s | vs naive | p50 / p95 / p99 ms | failures "
+        "| server conns peak: WS only / with HTTP | PgBouncer clients peak with HTTP "
+        f"| HTTP failures | verdict (bound {rows[0]['server_connection_bound'] if rows else '-'}) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         latency = row["latency_ms"] or {}
@@ -197,11 +245,13 @@ def markdown(rows: list[dict], ceiling_row: dict | None, capacity: dict | None, 
             else "-"
         )
         shipped = " (shipped)" if row["config"] == SHIPPED.name else ""
+        http = row["with_http"] or {}
         lines.append(
             f"| {row['config']}{shipped} "
-            f"| {row['server_connections_peak']} / {row['server_connection_bound']} "
             f"| {row['messages_per_s']:,.0f} | {ratio} | {latency.get('p50')} / {latency.get('p95')} / "
-            f"{latency.get('p99')} | {row['failures']} | {row['verdict']} |"
+            f"{latency.get('p99')} | {row['failures']} "
+            f"| {row['server_connections_peak_websocket_only']} / {http.get('server_connections_peak', '-')} "
+            f"| {http.get('pgbouncer_clients_peak', '-')} | {_count_of(http)} | {row['verdict']} |"
         )
     if ceiling_row:
         tps = ", ".join(f"{c} client(s) {r['tps']:,.0f}" for c, r in ceiling_row["tps_by_clients"].items())
@@ -262,7 +312,15 @@ def main(argv: list[str] | None = None) -> int:
                 runs[config.name].append(
                     run_target(target, scenario, out / f"{config.name}-{round_number + 1}", env)
                 )
-        rows = [combine(c, runs[c.name]) for c in configs]
+        leaks: dict[str, dict] = {}
+        leak = leak_scenario()
+        for config in (c for c in configs if not c.extra_env):
+            print(f"[with HTTP] {config.name}: {leak.describe()}", flush=True)
+            stack.start_config(config)
+            wait_healthy(stack.app_url)
+            target = Target(config.name, stack.app_url, config.description)
+            leaks[config.name] = run_target(target, leak, out / f"{config.name}-with-http", env)
+        rows = [combine(c, runs[c.name], leaks.get(c.name)) for c in configs]
         stack.start_config(BenchConfig(SHIPPED.name, SHIPPED))
         print("ceiling:", flush=True)
         ceiling_row = measure_ceiling(stack, args)
@@ -284,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"`make bench` on {machine}, {stack.config.app_workers} Daphne processes for every configuration, "
         f"{datetime.now(UTC):%Y-%m-%d}. Throughput: {scenario.describe()}; {args.rounds} runs each "
-        "(mean msg/s; worst p99, peak and failures)."
+        "(mean msg/s; worst p99, peak and failures). With HTTP: "
+        f"{leak_scenario().describe()}; verdict over both."
     )
     table = markdown(rows, ceiling_row, capacity, header)
     result = [*rows, ceiling_row] + (
