@@ -30,7 +30,7 @@ import psycopg
 
 from loadtest import ceiling
 from loadtest.client import ChatHttp
-from loadtest.demo import monitor_env, raise_open_file_limit
+from loadtest.demo import monitor_env, raise_open_file_limit, restart_clean
 from loadtest.observe import app_pool, connection_bound
 from loadtest.prove import Target, run_target, wait_healthy
 from loadtest.scenario import PROJECT, Scenario
@@ -86,7 +86,7 @@ class BenchStack(Stack):
 
     def start_config(self, config: BenchConfig) -> None:
         self.extra_env = dict(config.extra_env)
-        self.restart_app(config.profile)
+        restart_clean(self, config.profile)
 
 
 def throughput_scenario(args) -> Scenario:

@@ -12,11 +12,15 @@ failures. The app is left running in the shipped profile, as `make up` leaves it
 import argparse
 import resource
 import sys
+import time
 from pathlib import Path
 
+import psycopg
+
+from loadtest.observe import APP_DATABASE, app_pool
 from loadtest.prove import Target, prove
 from loadtest.scenario import PROJECT, Scenario
-from native.profiles import PROFILES, SHIPPED
+from native.profiles import PROFILES, SHIPPED, Profile
 from native.stack import Stack, StackError
 
 
@@ -27,6 +31,25 @@ def raise_open_file_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def restart_clean(stack: Stack, profile: Profile) -> None:
+    """Restart the app in a profile, with PgBouncer's server connections closed in between.
+
+    PgBouncer keeps idle server connections for server_idle_timeout (10 minutes): left
+    from the previous configuration, they would count in the next one's peak.
+    """
+    stack.stop("app")
+    admin_dsn = stack.dsn("pgbouncer_admin", through_pgbouncer=True, dbname="pgbouncer")
+    with psycopg.connect(admin_dsn, autocommit=True, prepare_threshold=None) as admin:
+        admin.execute(f"RECONNECT {APP_DATABASE}", prepare=False)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pool = app_pool(admin)
+            if int(pool["sv_active"]) + int(pool["sv_idle"]) + int(pool["sv_used"]) == 0:
+                break
+            time.sleep(0.2)
+    stack.restart_app(profile)
 
 
 def describe(stack: Stack, profile_name: str) -> str:
@@ -67,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     def restart_in_profile(target: Target) -> None:
-        stack.restart_app(PROFILES[target.config])
+        restart_clean(stack, PROFILES[target.config])
 
     try:
         stack.up(SHIPPED)  # already up after `python -m native up`: this only checks

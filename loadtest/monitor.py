@@ -22,8 +22,10 @@ from loadtest.observe import (
     APP_ROLE,
     PGBOUNCER_INI,
     app_pool,
+    app_role_backend_pids,
     connection_bound,
     connection_bound_from_console,
+    pgbouncer_server_pids,
     server_connections,
 )
 
@@ -40,6 +42,7 @@ CSV_COLUMNS = (
     "message_p50_ms",
     "message_p95_ms",
     "app_server_connections",
+    "app_direct",
     "app_active",
     "app_idle",
     "other_server_connections",
@@ -100,7 +103,21 @@ class ConnectionMonitor:
                 self._pgbouncer = _closed(self._pgbouncer)
             else:
                 reading["pgbouncer_pool"] = {name: int(pool.get(name, 0)) for name in POOL_FIELDS}
+        if reading["server_connections"] is not None and reading["pgbouncer_pool"] is not None:
+            reading["app_direct"] = self._direct_connections()
         return reading
+
+    def _direct_connections(self) -> int | None:
+        """App-role backends that are not PgBouncer's server connections: the app's own.
+
+        Two queries a moment apart: a server connection PgBouncer opens in between can
+        count as direct for one sample.
+        """
+        try:
+            via_pgbouncer = pgbouncer_server_pids(self._pgbouncer)
+            return len(app_role_backend_pids(self._postgres) - via_pgbouncer)
+        except psycopg.Error:
+            return None
 
     def bound(self) -> tuple[int, str]:
         """The server-connection bound and where it was read: PgBouncer's ini in this

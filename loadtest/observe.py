@@ -95,6 +95,11 @@ def pgbouncer_show(conn: psycopg.Connection, what: str) -> list[dict]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+def pgbouncer_server_pids(conn: psycopg.Connection, role: str = APP_ROLE) -> set[int]:
+    """PostgreSQL backend PIDs of PgBouncer's server connections for a role (SHOW SERVERS)."""
+    return {int(row["remote_pid"]) for row in pgbouncer_show(conn, "SERVERS") if row["user"] == role}
+
+
 def app_pool(conn: psycopg.Connection) -> dict:
     """SHOW POOLS' row for the app's (database, role) pool, or zeros before first use."""
     for row in pgbouncer_show(conn, "POOLS"):

@@ -75,8 +75,15 @@ def _leak_lines(summaries: list[dict], names: list[str]) -> list[str]:
         split = traffic_split(s)
         http, ws = split["HTTP"], split["WebSocket"]
         top = s["errors"][0] if s.get("errors") else None
+        direct = s.get("server_connections_direct_peak")
         lines.append(
-            f"{name}: HTTP {http[1]:,} of {http[0]:,} failed, WebSocket {ws[1]:,} of {ws[0]:,} failed"
+            f"{name}: peak {_n(s['server_connections_peak'])} PostgreSQL connections for the app role"
+            + (
+                f" ({direct} at most straight from the app, not through PgBouncer)"
+                if direct is not None
+                else ""
+            )
+            + f"; HTTP {http[1]:,} of {http[0]:,} failed, WebSocket {ws[1]:,} of {ws[0]:,} failed"
             + (f"; most frequent: {top['request']} → {top['error'][:90]} (×{top['count']:,})" if top else "")
         )
     return lines

@@ -55,6 +55,10 @@ def connection_figures(samples: list[dict]) -> dict:
     pools = [s["pgbouncer_pool"] for s in samples if s.get("pgbouncer_pool")]
     return {
         "server_connections_peak": peak_from_samples(samples),
+        # Of those, the app's own (not PgBouncer's): the leak, when there is one.
+        "server_connections_direct_peak": max(
+            (s["app_direct"] for s in samples if s.get("app_direct") is not None), default=None
+        ),
         "pgbouncer_clients_peak": max((p["cl_active"] + p["cl_waiting"] for p in pools), default=None),
         "pgbouncer_waiting_peak": max((p["cl_waiting"] for p in pools), default=None),
         "pgbouncer_maxwait_peak_s": max((p["maxwait"] for p in pools), default=None),

@@ -68,6 +68,7 @@ def test_the_monitor_samples_what_postgresql_and_pgbouncer_hold(stack, room, mon
     assert set(pool) == set(POOL_FIELDS)
     assert pool["cl_active"] >= 1  # the Django pool's logged-in client connections
     assert pool["sv_active"] + pool["sv_idle"] + pool["sv_used"] == sample["app_server_connections"]
+    assert sample["app_direct"] == 0  # every one of them is PgBouncer's
 
 
 def test_the_bound_is_the_same_read_from_the_ini_or_from_the_running_pgbouncer(monitor, pgbouncer_console):
@@ -196,6 +197,7 @@ def test_a_naive_run_leaks_server_connections_through_http_and_fails_the_gate(st
     finally:
         stack.restart_app(SHIPPED)
     assert summary["server_connections_peak"] > summary["server_connection_bound"]
+    assert summary["server_connections_direct_peak"] > summary["server_connection_bound"]  # the app's own
     assert summary["verdict"] == "unbounded"
     assert not summary["gate"]["passed"]
     assert any("exceed the bound" in reason for reason in summary["gate"]["reasons"])
