@@ -144,8 +144,9 @@ if env.str("DIRECT_DATABASE_URL", default=""):
 #
 # Redis pub/sub by default: a broadcast is one PUBLISH that each process fans out
 # to its own members, and membership lives in the process, so it ends with it.
-# `make bench` measured 1.26x the messages/s of channels_redis' list-based "core"
-# layer (884 against 700, 2 Daphne processes, 2 cores). At 1,000 users the core layer also
+# `make bench` measured 1.26-1.34x the messages/s of channels_redis' list-based "core"
+# layer in three runs (860 against 640 in the last; 2 Daphne processes, 2 cores). At
+# 1,000 users the core layer also
 # ran out of its per-process Redis pool (redis-py 8 caps it at 100 connections) when
 # many members joined or left at once: consumers crashed ("Too many connections")
 # and left dead members in their groups for group_expiry (a day). Pub/sub is
