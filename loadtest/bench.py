@@ -68,6 +68,12 @@ CONFIGS = [
         "shipped, but channels_redis' list-based core layer instead of pub/sub",
     ),
     BenchConfig(
+        "pooled-djangopool+query-check",
+        SHIPPED,
+        {"DATABASE_POOL_CHECK": "query"},
+        "shipped, but Django's stock pool check: an empty query before every checkout",
+    ),
+    BenchConfig(
         "pooled-djangopool-nocheck",
         SHIPPED,
         {"DATABASE_CONN_HEALTH_CHECKS": "false"},

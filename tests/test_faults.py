@@ -58,3 +58,22 @@ def test_a_statement_longer_than_statement_timeout_is_cancelled(stack):
     app = psycopg.connect(stack.dsn("chat_app", through_pgbouncer=True))
     with app, pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
         app.execute("SELECT pg_sleep(30)")
+
+
+def test_pooled_connections_survive_a_pgbouncer_restart(stack, django_app):
+    """The pool's check (chat_site/postgresql/base.py) notices the dead sockets and reconnects."""
+    from django.db import connection
+
+    from chat_site.postgresql.base import check_connection_when_disturbed
+
+    assert connection.pool._check is check_connection_when_disturbed
+    connection.pool.resize(min_size=1, max_size=4)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+    connection.close()  # back to the pool, where PgBouncer's restart will break it
+    stack.restart("pgbouncer")
+    for _ in range(8):  # every pooled connection in turn
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+        connection.close()
