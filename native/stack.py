@@ -205,6 +205,9 @@ class Stack:
                     command.argv,
                     env=command.env,
                     stdin=subprocess.DEVNULL,
+                    # The state directory, not the caller's: the service user may not
+                    # be able to enter a private checkout (find, for one, then fails).
+                    cwd=self.dir,
                     stdout=out,
                     stderr=out,
                     start_new_session=True,  # its own process group, stopped as one
@@ -228,6 +231,7 @@ class Stack:
     # --- set-up -------------------------------------------------------------------
 
     def _prepare(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         _check_state_dir(self.dir, self.service_user)
         for sub in ("secrets", "data", "run", "logs", "opt"):
             self.path(sub).mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ def run_entrypoint(stack, service: str, env: dict[str, str]) -> subprocess.Compl
     return subprocess.run(
         [str(stack.path("opt", service, "entrypoint.sh"))],
         env={"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **env},
+        cwd=stack.dir,  # as the stack runs them: the checkout may be closed to the service user
         user=user.pw_uid if user else None,
         group=user.pw_gid if user else None,
         extra_groups=[] if user else None,
