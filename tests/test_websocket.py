@@ -70,3 +70,29 @@ def test_foreign_or_missing_origin_is_refused_at_the_handshake(stack, room, orig
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         ChatSocket(stack.app_url, room, "mallory", **options)
     assert refused.value.status_code == 403
+
+
+def test_a_flooding_client_is_rate_limited_while_others_are_served(stack, room, owner_db):
+    flooder = ChatSocket(stack.app_url, room, "flooder")
+    bystander = ChatSocket(stack.app_url, room, "bystander")
+    for n in range(300):
+        flooder.send({"type": "message", "text": f"flood {n}", "client_id": f"f{n}"})
+    ack = bystander.post("still served", "b1")
+    assert ack["type"] == "ack"
+    acks, limited = 0, 0
+    while acks + limited < 300:
+        frame = flooder.receive()
+        if frame["type"] == "ack":
+            acks += 1
+        elif frame["type"] == "error":
+            assert frame["code"] == "rate_limited"
+            limited += 1
+    assert limited > 0
+    stored = owner_db.execute(
+        "SELECT count(*) FROM chat_message m JOIN chat_room r ON r.id = m.room_id "
+        "WHERE r.slug = %s AND m.author = 'flooder'",
+        [room],
+    ).fetchone()[0]
+    assert stored == acks  # every refused frame left nothing behind
+    flooder.close()
+    bystander.close()
