@@ -12,8 +12,8 @@ pgbench running the same INSERT through the same PgBouncer. Then the capacity
 run: the shipped configuration under the chat scenario with many users.
 
 Writes results/latest/bench.json (one object per configuration, with the
-summary keys, plus the ceiling and the capacity run) and bench.md, and prints
-the Markdown table. The app is left running in the shipped profile.
+summary keys, plus the ceiling and the capacity run), bench.md and bench.png,
+and prints the Markdown table. The app is left running in the shipped profile.
 """
 
 import argparse
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psycopg
 
-from loadtest import ceiling
+from loadtest import bench_plot, ceiling
 from loadtest.client import ChatHttp
 from loadtest.demo import monitor_env, raise_open_file_limit, restart_clean
 from loadtest.observe import app_pool, connection_bound
@@ -358,8 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.results / "bench.md").write_text(table)
+    bench_plot.plot(rows, args.results / "bench.png")
     print("\n" + table)
-    print(f"Written: {args.results / 'bench.json'}, {args.results / 'bench.md'}")
+    print(
+        f"Written: {args.results / 'bench.json'}, {args.results / 'bench.md'}, {args.results / 'bench.png'}"
+    )
     return 0
 
 

@@ -13,6 +13,8 @@ import uuid
 
 import pytest
 
+from loadtest import bench_plot
+from loadtest.bench import BenchConfig, combine, markdown
 from loadtest.client import ChatHttp, ChatSocket
 from loadtest.demo import monitor_env
 from loadtest.gate import reasons_to_fail
@@ -181,6 +183,24 @@ def test_locust_saturating_users_send_without_pause(stack, tmp_path):
     assert set(summary["requests_by_name"]) == {"WS connect", "WS message"}
     assert summary["requests_by_name"]["WS message"]["requests"] > summary["users"]
     assert summary["messages_per_s"] > 0
+
+    # What `make bench` makes of such runs: a row of its table, and its plot.
+    row = combine(BenchConfig(SHIPPED.name, SHIPPED), [summary, summary], with_http=None)
+    assert row["messages_per_s"] == summary["messages_per_s"]
+    assert row["requests"] == 2 * summary["requests"]
+    assert row["verdict"] == "bounded"
+    table = markdown([row], None, None, "header")
+    assert f"| {SHIPPED.name} (shipped) | {summary['messages_per_s']:,.0f} |" in table
+    bench_json = tmp_path / "bench.json"
+    bench_json.write_text(json.dumps([row]))
+    assert bench_plot.main([str(bench_json)]) == 0
+    assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_bench_plot_names_the_fix_when_there_is_no_bench_yet(tmp_path, capsys):
+    assert bench_plot.main([str(tmp_path / "bench.json")]) == 2
+    assert "run `make bench` first" in capsys.readouterr().err
+    assert not (tmp_path / "bench.png").exists()
 
 
 def test_a_naive_run_leaks_server_connections_through_http_and_fails_the_gate(stack, tmp_path):
