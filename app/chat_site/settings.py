@@ -159,15 +159,14 @@ if env.str("DIRECT_DATABASE_URL", default=""):
 #
 # Redis pub/sub by default: a broadcast is one PUBLISH that each process fans out
 # to its own members, and membership lives in the process, so it ends with it.
-# `make bench` measured 1.26-1.34x the messages/s of channels_redis' list-based "core"
-# layer in three runs (860 against 640 in the last; 2 Daphne processes, 2 cores). At
-# 1,000 users the core layer also
-# ran out of its per-process Redis pool (redis-py 8 caps it at 100 connections) when
-# many members joined or left at once: consumers crashed ("Too many connections")
-# and left dead members in their groups for group_expiry (a day). Pub/sub is
-# at-most-once (the layer's README calls it beta): a member whose Redis connection
-# drops misses broadcasts meanwhile; messages are in PostgreSQL either way, and
-# history fills the gap. CHANNEL_LAYER_BACKEND=core switches back.
+# `make bench` measured 1.25-1.34x the messages/s of channels_redis' list-based "core"
+# layer in four runs (1,057 against 846 in the last; 2 Daphne processes, 2 cores).
+# At 1,000 users the core layer also ran out of its per-process Redis pool (redis-py
+# 8 caps it at 100 connections) when many members joined or left at once: consumers
+# crashed ("Too many connections") and left dead members in their groups for
+# group_expiry (a day). Pub/sub is at-most-once (the layer's README calls it
+# beta): a member whose Redis connection drops misses broadcasts meanwhile;
+# messages are in PostgreSQL either way, and history fills the gap. CHANNEL_LAYER_BACKEND=core switches back.
 # https://github.com/django/channels_redis#usage
 CHANNEL_LAYER_URL = env.str("CHANNEL_LAYER_URL", default="")
 CHANNEL_LAYER_BACKENDS = {
