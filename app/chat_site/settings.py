@@ -107,8 +107,9 @@ DATABASES = {
     "default": {
         **_database("DATABASE_URL", "DATABASE_PASSWORD"),
         # Django's backend with a pool health check that costs no round trip unless the
-        # socket shows trouble (chat_site/postgresql/base.py); DATABASE_POOL_CHECK=query
-        # keeps Django's own, an empty query before every checkout (`make bench` compares).
+        # socket shows trouble, and then sweeps the whole pool (chat_site/postgresql/base.py);
+        # DATABASE_POOL_CHECK=query keeps Django's own, an empty query before every checkout
+        # that finds dead connections one backoff step at a time (`make bench` compares).
         "ENGINE": _choice(
             "DATABASE_POOL_CHECK",
             {"socket": "chat_site.postgresql", "query": "django.db.backends.postgresql"},

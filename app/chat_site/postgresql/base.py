@@ -8,6 +8,12 @@ every pooled connection. This check looks at the socket instead: an idle
 connection has nothing to read, and a server that went away (PgBouncer restarted,
 PostgreSQL killed the session) leaves it readable (EOF or an error message). Only
 then does it run the stock check, which discards the dead connection.
+
+A server that went away for one pooled connection went away for all of them, and
+psycopg_pool waits 1, 2, 4 s between failed checks within one checkout: four
+dead connections discarded one at a time outlast the pool's 5 s timeout, and the
+request fails although PgBouncer is back. So the first dead connection found
+makes the pool check all its idle ones at once (`ConnectionPool.check()`).
 """
 
 import select
@@ -24,7 +30,12 @@ def check_connection_when_disturbed(conn: psycopg.Connection) -> None:
     poller = select.poll()  # not select.select: Daphne's descriptors go past FD_SETSIZE
     poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
     if poller.poll(0):
-        ConnectionPool.check_connection(conn)
+        try:
+            ConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            if isinstance(pool := getattr(conn, "_pool", None), ConnectionPool):
+                pool.check()  # discards its other dead connections now, and reconnects
+            raise
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
