@@ -30,7 +30,7 @@ TEST_PORTS = {
 
 
 @pytest.fixture(scope="session")
-def stack(request):
+def stack():
     state_dir = default_state_dir()
     config = Config(
         state_dir=state_dir.with_name(f"{state_dir.name}-test{OFFSET or ''}"), app_workers=2, **TEST_PORTS
@@ -41,19 +41,28 @@ def stack(request):
         stack.up(SHIPPED)
         yield stack
     except Exception:
-        _print_logs(stack)
+        print(_log_tails(stack), file=sys.stderr)  # shown with the setup error
         raise
-    else:
-        if request.session.testsfailed:
-            _print_logs(stack)
     finally:
         stack.destroy()
 
 
-def _print_logs(stack: Stack) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used the stack shows the end of the stack's logs in its report."""
+    report = yield
+    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(stack, Stack):
+        report.sections.append(("stack logs", _log_tails(stack)))
+    return report
+
+
+def _log_tails(stack: Stack, lines: int = 30) -> str:
+    tails = []
     for log in sorted(stack.path("logs").glob("*.log")):
-        lines = log.read_text(errors="replace").splitlines()[-30:]
-        print(f"--- {log.name} (last {len(lines)} lines)", *lines, sep="\n", file=sys.stderr)
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        tails.append("\n".join([f"--- {log.name} (last {len(tail)} lines)", *tail]))
+    return "\n".join(tails)
 
 
 @pytest.fixture(scope="session")
