@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtest.monitor import ConnectionMonitor, MonitorDsns
+from loadtest.observe import APP_ROLE
 from loadtest.report import verdict_screen, write_report
 from loadtest.scenario import PROJECT, Scenario
 
@@ -113,6 +115,33 @@ def wait_healthy(url: str, timeout: float = 120.0) -> None:
         time.sleep(1)
 
 
+def refuse_leftover_connections(target: Target, env: dict[str, str] | None) -> None:
+    """Raise if PostgreSQL already holds app-role connections that are not PgBouncer's.
+
+    Checked before the reference target, which reaches PostgreSQL only through
+    PgBouncer: a naive app keeps what it leaked after its run, the monitor cannot
+    tell whose they are, and would count them against the reference's verdict.
+    """
+    env = env if env is not None else dict(os.environ)
+    if not env.get("MONITOR_PGBOUNCER_DSN"):
+        return  # without PgBouncer's side, direct connections cannot be told apart
+    monitor = ConnectionMonitor(MonitorDsns(env["MONITOR_POSTGRES_DSN"], env["MONITOR_PGBOUNCER_DSN"]))
+    try:
+        readings = []
+        for _ in range(2):  # two samples: a server connection PgBouncer opens in between is not a leftover
+            readings.append(monitor.sample().get("app_direct") or 0)
+            time.sleep(0.5)
+    finally:
+        monitor.close()
+    if min(readings) > 0:
+        raise RuntimeError(
+            f"before {target.name}: PostgreSQL already holds {min(readings)} {APP_ROLE} connection(s) "
+            "that are not PgBouncer's, left by an earlier run, that would count against this one; "
+            "restart the app that holds them (Compose: docker compose --profile loadtest restart "
+            "app-naive) and run again"
+        )
+
+
 def prove(
     targets: list[Target],
     scenario: Scenario,
@@ -134,6 +163,8 @@ def prove(
         if before_each is not None:
             before_each(target)
         wait_healthy(target.url)
+        if target.name == reference:
+            refuse_leftover_connections(target, env)
         summaries.append(run_target(target, scenario, results / target.name, env))
     names = [t.name for t in targets]
     report = write_report(summaries, names, scenario, results, reference=reference)

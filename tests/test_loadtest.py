@@ -25,7 +25,7 @@ from loadtest.observe import (
     connection_bound,
     connection_bound_from_console,
 )
-from loadtest.prove import Target, run_target
+from loadtest.prove import Target, refuse_leftover_connections, run_target
 from loadtest.scenario import PROJECT, Scenario
 from native.profiles import PROFILES, SHIPPED
 
@@ -214,8 +214,12 @@ def test_a_naive_run_leaks_server_connections_through_http_and_fails_the_gate(st
             tmp_path,
             monitor_env(stack),
         )
+        # What it leaked stays, and would count against the next run: the proof refuses to start one.
+        with pytest.raises(RuntimeError, match=r"not PgBouncer's.*restart the app"):
+            refuse_leftover_connections(Target("next", stack.app_url), monitor_env(stack))
     finally:
         stack.restart_app(SHIPPED)
+    refuse_leftover_connections(Target("next", stack.app_url), monitor_env(stack))  # gone with the app
     assert summary["server_connections_peak"] > summary["server_connection_bound"]
     assert summary["server_connections_direct_peak"] > summary["server_connection_bound"]  # the app's own
     assert summary["verdict"] == "unbounded"
