@@ -65,18 +65,28 @@ def _decode(raw: bytes) -> dict | str:
         return raw.decode(errors="replace")
 
 
+def socket_url(base_url: str, room: str, name: str) -> tuple[str, str]:
+    """The room's ws:// URL and the Origin a browser on base_url would send."""
+    parts = urlsplit(base_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return (
+        f"{scheme}://{parts.netloc}/ws/rooms/{room}/?name={quote(name)}",
+        f"{parts.scheme}://{parts.netloc}",
+    )
+
+
+def close_code(payload: bytes) -> int | None:
+    """The status code of a close frame's payload (None when it carries none)."""
+    return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+
+
 class ChatSocket:
     """One member of a room: connect, post, read frames."""
 
     def __init__(self, base_url: str, room: str, name: str, timeout: float = 10.0, **options):
-        parts = urlsplit(base_url)
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        origin = options.pop("origin", f"{parts.scheme}://{parts.netloc}")
+        url, origin = socket_url(base_url, room, name)
         self.ws = websocket.create_connection(
-            f"{scheme}://{parts.netloc}/ws/rooms/{room}/?name={quote(name)}",
-            timeout=timeout,
-            origin=origin,
-            **options,
+            url, timeout=timeout, origin=options.pop("origin", origin), **options
         )
         self.ready = self.receive()
 
@@ -108,7 +118,7 @@ class ChatSocket:
         while True:
             opcode, frame = self.ws.recv_data_frame(control_frame=True)
             if opcode == websocket.ABNF.OPCODE_CLOSE:
-                return int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
+                return close_code(frame.data)
 
     def close(self) -> None:
         self.ws.close()

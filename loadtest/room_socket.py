@@ -14,11 +14,12 @@ import contextlib
 import json
 import time
 from collections import Counter
-from urllib.parse import quote, urlsplit
 
 import gevent
 import websocket
 from gevent.event import AsyncResult, Event
+
+from loadtest.client import close_code, socket_url
 
 # Per-process tallies the Locust hooks forward to the master (report_to_master).
 COUNTERS: Counter = Counter()
@@ -37,16 +38,6 @@ class ErrorFrame(SocketFailure):
         # Only the code: Locust groups failures by this text, and messages carry
         # per-room details that would split one cause into many rows.
         super().__init__(f"error frame: {self.code}")
-
-
-def socket_url(base_url: str, room: str, name: str) -> tuple[str, str]:
-    """The room's ws:// URL and the Origin a browser on base_url would send."""
-    parts = urlsplit(base_url)
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    return (
-        f"{scheme}://{parts.netloc}/ws/rooms/{room}/?name={quote(name)}",
-        f"{parts.scheme}://{parts.netloc}",
-    )
 
 
 class RoomSocket:
@@ -73,7 +64,7 @@ class RoomSocket:
             raise SocketFailure(f"{type(error).__name__}: {error}") from None
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             self._abandon()
-            raise SocketFailure(f"closed before ready (code {_close_code(data)})")
+            raise SocketFailure(f"closed before ready (code {close_code(data)})")
         frame = json.loads(data)
         if frame.get("type") != "ready":
             self._abandon()
@@ -138,7 +129,7 @@ class RoomSocket:
             while True:
                 opcode, data = self.ws.recv_data()
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    self.close_reason = f"server closed the connection (code {_close_code(data)})"
+                    self.close_reason = f"server closed the connection (code {close_code(data)})"
                     return
                 self._dispatch(json.loads(data))
         except (OSError, websocket.WebSocketException, ValueError) as error:
@@ -172,7 +163,3 @@ class RoomSocket:
                 self._unsolicited_errors.append(frame)
             else:
                 pending.set_exception(ErrorFrame(frame))
-
-
-def _close_code(data: bytes) -> int | None:
-    return int.from_bytes(data[:2], "big") if len(data) >= 2 else None
