@@ -30,10 +30,12 @@ import psycopg
 
 from loadtest import bench_plot, ceiling
 from loadtest.client import ChatHttp
-from loadtest.demo import monitor_env, raise_open_file_limit, restart_clean
-from loadtest.observe import app_pool, connection_bound
+from loadtest.demo import monitor_env, restart_clean
+from loadtest.gate import verdict
+from loadtest.observe import app_pool, connection_bound, pool_server_connections
 from loadtest.prove import Target, run_target, wait_healthy
-from loadtest.scenario import PROJECT, Scenario
+from loadtest.report import traffic_split
+from loadtest.scenario import PROJECT, Scenario, raise_open_file_limit
 from native.profiles import PROFILES, SHIPPED, Profile
 from native.stack import Stack, StackError
 
@@ -173,7 +175,7 @@ def combine(config: BenchConfig, runs: list[dict], with_http: dict | None) -> di
         "latency_ms": worst["latency_ms"],
         "messages_per_s": round(statistics.mean(rates), 1),
         "messages_per_s_runs": rates,
-        "verdict": "bounded" if max(peaks) <= bound else "unbounded",
+        "verdict": verdict(max(peaks), bound),
         "server_connections_peak_websocket_only": websocket_peak,
         "with_http": _leak_figures(with_http) if with_http else None,
         "scenario": runs[0]["scenario"],
@@ -182,13 +184,13 @@ def combine(config: BenchConfig, runs: list[dict], with_http: dict | None) -> di
 
 
 def _leak_figures(summary: dict) -> dict:
-    http = {k: v for k, v in summary["requests_by_name"].items() if not k.startswith("WS ")}
+    http_requests, http_failures = traffic_split(summary)["HTTP"]
     return {
         "server_connections_peak": summary["server_connections_peak"],
         "server_connections_after": summary["server_connections_after"],
         "pgbouncer_clients_peak": summary["pgbouncer_clients_peak"],
-        "http_requests": sum(f["requests"] for f in http.values()),
-        "http_failures": sum(f["failures"] for f in http.values()),
+        "http_requests": http_requests,
+        "http_failures": http_failures,
         "requests": summary["requests"],
         "failures": summary["failures"],
         "scenario": summary["scenario"],
@@ -222,7 +224,7 @@ def measure_ceiling(stack: Stack, args) -> dict:
         "tps_by_clients": by_clients,
         "messages_per_s": round(best["tps"], 1),
         # Server connections PgBouncer keeps for the app role once pgbench is done.
-        "server_connections_after": int(pool["sv_active"]) + int(pool["sv_idle"]) + int(pool["sv_used"]),
+        "server_connections_after": pool_server_connections(pool),
         "server_connection_bound": connection_bound(),
     }
 

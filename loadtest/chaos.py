@@ -32,6 +32,7 @@ import psycopg
 import websocket
 
 from loadtest.client import ChatHttp, ChatSocket
+from loadtest.demo import monitor_env
 from loadtest.monitor import ConnectionMonitor, MonitorDsns
 from loadtest.observe import connection_bound
 from native.stack import Stack, StackError
@@ -170,12 +171,7 @@ class PeakWatcher(threading.Thread):
 
     def __init__(self, stack: Stack, stop: threading.Event):
         super().__init__(daemon=True)
-        self.monitor = ConnectionMonitor(
-            MonitorDsns(
-                stack.dsn("chat_monitor", through_pgbouncer=False),
-                stack.dsn("pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer"),
-            )
-        )
+        self.monitor = ConnectionMonitor(MonitorDsns.from_env(monitor_env(stack)))
         self.stop, self.peak = stop, 0
 
     def run(self) -> None:

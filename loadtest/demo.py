@@ -10,27 +10,17 @@ failures. The app is left running in the shipped profile, as `make up` leaves it
 """
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
 
 import psycopg
 
-from loadtest.observe import APP_DATABASE, app_pool
+from loadtest.observe import APP_DATABASE, app_pool, pool_server_connections
 from loadtest.prove import Target, prove
-from loadtest.scenario import PROJECT, Scenario
+from loadtest.scenario import PROJECT, Scenario, raise_open_file_limit
 from native.profiles import PROFILES, SHIPPED, Profile
 from native.stack import Stack, StackError
-
-
-def raise_open_file_limit() -> None:
-    """Daphne inherits this process's limit when restarted from here: every WebSocket
-    and keep-alive HTTP connection is a descriptor, and 1,024 (a common soft limit)
-    runs out at about 500 users per process."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def restart_clean(stack: Stack, profile: Profile) -> None:
@@ -45,8 +35,7 @@ def restart_clean(stack: Stack, profile: Profile) -> None:
         admin.execute(f"RECONNECT {APP_DATABASE}", prepare=False)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            pool = app_pool(admin)
-            if int(pool["sv_active"]) + int(pool["sv_idle"]) + int(pool["sv_used"]) == 0:
+            if pool_server_connections(app_pool(admin)) == 0:
                 break
             time.sleep(0.2)
     stack.restart_app(profile)

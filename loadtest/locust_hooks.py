@@ -24,8 +24,8 @@ from locust.runners import MasterRunner, WorkerRunner
 from loadtest import summary
 from loadtest.monitor import ConnectionMonitor, MonitorDsns, SampleLog
 from loadtest.room_socket import COUNTERS
+from loadtest.scenario import PROGRESS_PREFIX
 
-PROGRESS_PREFIX = "[progress]"  # lines loadtest.prove shows while Locust runs
 logger = logging.getLogger(__name__)
 
 

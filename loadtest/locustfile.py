@@ -22,7 +22,6 @@ failures. See loadtest/locust_hooks.py for the monitor, summary and gate.
 
 import itertools
 import random
-import resource
 import sys
 import time
 import uuid
@@ -36,12 +35,11 @@ from locust import FastHttpUser, task
 
 from loadtest import locust_hooks  # noqa: F401  (registers options, monitor, gate)
 from loadtest.room_socket import COUNTERS, ErrorFrame, RoomSocket, SocketFailure
+from loadtest.scenario import raise_open_file_limit
 
 # Each user holds a WebSocket and a keep-alive HTTP connection: 5,000 users need
 # about 10,000 descriptors, more than Locust's own raise to 10,000 leaves room for.
-_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-if _hard == resource.RLIM_INFINITY or _soft < _hard:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+raise_open_file_limit()
 
 _user_numbers = itertools.count()
 RUN_TAG = uuid.uuid4().hex[:6]  # keeps client_ids unique across runs in the same rooms

@@ -12,6 +12,7 @@ cooperative (psycopg detects gevent), and tests use it as is.
 import csv
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -56,11 +57,11 @@ class MonitorDsns:
     pgbouncer: str | None  # a stats_users role on PgBouncer's console (pgbouncer_stats)
 
     @classmethod
-    def from_env(cls) -> "MonitorDsns | None":
-        postgres = os.environ.get("MONITOR_POSTGRES_DSN", "")
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "MonitorDsns | None":
+        postgres = environ.get("MONITOR_POSTGRES_DSN", "")
         if not postgres:
             return None
-        return cls(postgres, os.environ.get("MONITOR_PGBOUNCER_DSN") or None)
+        return cls(postgres, environ.get("MONITOR_PGBOUNCER_DSN") or None)
 
 
 class ConnectionMonitor:

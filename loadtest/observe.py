@@ -106,3 +106,8 @@ def app_pool(conn: psycopg.Connection) -> dict:
         if row["database"] == APP_DATABASE and row["user"] == APP_ROLE:
             return row
     return {"cl_active": 0, "cl_waiting": 0, "sv_active": 0, "sv_idle": 0, "sv_used": 0, "maxwait": 0}
+
+
+def pool_server_connections(pool: Mapping) -> int:
+    """Server connections a SHOW POOLS row says PgBouncer holds open: in use, idle, or just used."""
+    return int(pool["sv_active"]) + int(pool["sv_idle"]) + int(pool["sv_used"])

@@ -32,9 +32,7 @@ from pathlib import Path
 from loadtest.monitor import ConnectionMonitor, MonitorDsns
 from loadtest.observe import APP_ROLE
 from loadtest.report import verdict_screen, write_report
-from loadtest.scenario import PROJECT, Scenario
-
-PROGRESS_PREFIX = "[progress]"  # loadtest/locust_hooks.py prints these
+from loadtest.scenario import PROGRESS_PREFIX, PROJECT, Scenario
 
 
 @dataclass(frozen=True)
@@ -122,10 +120,10 @@ def refuse_leftover_connections(target: Target, env: dict[str, str] | None) -> N
     PgBouncer: a naive app keeps what it leaked after its run, the monitor cannot
     tell whose they are, and would count them against the reference's verdict.
     """
-    env = env if env is not None else dict(os.environ)
-    if not env.get("MONITOR_PGBOUNCER_DSN"):
+    dsns = MonitorDsns.from_env({**os.environ, **(env or {})})  # what run_target gives Locust
+    if dsns is None or dsns.pgbouncer is None:
         return  # without PgBouncer's side, direct connections cannot be told apart
-    monitor = ConnectionMonitor(MonitorDsns(env["MONITOR_POSTGRES_DSN"], env["MONITOR_PGBOUNCER_DSN"]))
+    monitor = ConnectionMonitor(dsns)
     try:
         readings = []
         for _ in range(2):  # two samples: a server connection PgBouncer opens in between is not a leftover

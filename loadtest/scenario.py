@@ -5,6 +5,7 @@ The one place `make demo`, `make bench` and `python -m loadtest.prove` turn
 """
 
 import math
+import resource
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,21 @@ LOADTEST = Path(__file__).resolve().parent
 PROJECT = LOADTEST.parent
 LOCUSTFILE = LOADTEST / "locustfile.py"
 LOCUST_CONF = LOADTEST / "locust.conf"
+# Locust's output lines that start with this are its progress (locust_hooks.py
+# prints them), which prove.py echoes while the run goes on.
+PROGRESS_PREFIX = "[progress]"
+
+
+def raise_open_file_limit() -> None:
+    """Soft limit on open files up to the hard one, for this process and what it starts.
+
+    Every WebSocket and keep-alive HTTP connection is a descriptor, on the load
+    side and on the server side alike (Daphne, restarted from `make demo`, inherits
+    the limit): 1,024, a common soft limit, runs out at about 500 users per process.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,7 @@ from native.profiles import PROFILES, SHIPPED
 
 @pytest.fixture
 def monitor(stack):
-    env = monitor_env(stack)
-    monitor = ConnectionMonitor(MonitorDsns(env["MONITOR_POSTGRES_DSN"], env["MONITOR_PGBOUNCER_DSN"]))
+    monitor = ConnectionMonitor(MonitorDsns.from_env(monitor_env(stack)))
     monitor.open()
     yield monitor
     monitor.close()
