@@ -141,6 +141,13 @@ class Stack:
         children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
         return [int(pid) for pid in children if "daphne" in _cmdline(int(pid))]
 
+    def log_tails(self, lines: int = 30) -> str:
+        """The last lines of every service's log, each under its file name (for a failure report)."""
+        return "\n".join(
+            f"--- {log.name} (last {lines} lines)\n{_tail(log, lines)}"
+            for log in sorted(self.path("logs").glob("*.log"))
+        )
+
     def down(self) -> None:
         for name in ("app", "redis", "pgbouncer", "postgres"):
             self.stop(name)

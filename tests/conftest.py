@@ -41,7 +41,7 @@ def stack():
         stack.up(SHIPPED)
         yield stack
     except Exception:
-        print(_log_tails(stack), file=sys.stderr)  # shown with the setup error
+        print(stack.log_tails(), file=sys.stderr)  # shown with the setup error
         raise
     finally:
         stack.destroy()
@@ -53,16 +53,8 @@ def pytest_runtest_makereport(item, call):
     report = yield
     stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
     if report.failed and isinstance(stack, Stack):
-        report.sections.append(("stack logs", _log_tails(stack)))
+        report.sections.append(("stack logs", stack.log_tails()))
     return report
-
-
-def _log_tails(stack: Stack, lines: int = 30) -> str:
-    tails = []
-    for log in sorted(stack.path("logs").glob("*.log")):
-        tail = log.read_text(errors="replace").splitlines()[-lines:]
-        tails.append("\n".join([f"--- {log.name} (last {len(tail)} lines)", *tail]))
-    return "\n".join(tails)
 
 
 @pytest.fixture(scope="session")

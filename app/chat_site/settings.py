@@ -167,7 +167,8 @@ if env.str("DIRECT_DATABASE_URL", default=""):
 # crashed ("Too many connections") and left dead members in their groups for
 # group_expiry (a day). Pub/sub is at-most-once (the layer's README calls it
 # beta): a member whose Redis connection drops misses broadcasts meanwhile;
-# messages are in PostgreSQL either way, and history fills the gap. CHANNEL_LAYER_BACKEND=core switches back.
+# messages are in PostgreSQL either way, and history fills the gap.
+# CHANNEL_LAYER_BACKEND=core switches back.
 # https://github.com/django/channels_redis#usage
 CHANNEL_LAYER_URL = env.str("CHANNEL_LAYER_URL", default="")
 CHANNEL_LAYER_BACKENDS = {

@@ -1,13 +1,7 @@
 """The Compose stack on a real Docker engine: built, brought up and torn down once for the module.
 
-compose/engine.sh provides the engine (a private dockerd where none answers, stopped
-by its PID afterwards, the host's network state put back) and the Debian base image
-(debootstrap, cached). The stack runs under its own project name with generated
-secrets, so a developer's `docker compose up` (and its .env) is never touched.
-
-Runs in CI (CI=true) and with `make compose-test` (COMPOSE_TEST=1); elsewhere the
-tests are skipped, because a first run installs Debian packages and builds images
-(about 3-5 minutes).
+How the engine, the base image and the isolated project are provided, and when
+these tests run at all: compose_harness.py.
 """
 
 import fcntl
