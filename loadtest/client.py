@@ -6,6 +6,7 @@ Used by `make demo`'s end-to-end check, by the tests, and by the Locust user
 
 import http.cookiejar
 import json
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ class ChatSocket:
 
     def __init__(self, base_url: str, room: str, name: str, timeout: float = 10.0, **options):
         url, origin = socket_url(base_url, room, name)
+        self.timeout = timeout
         self.ws = websocket.create_connection(
             url, timeout=timeout, origin=options.pop("origin", origin), **options
         )
@@ -105,13 +107,19 @@ class ChatSocket:
         raise AssertionError(f"no {frame_type!r} frame in {limit} frames")
 
     def post(self, text: str, client_id: str) -> dict:
-        """Send a message and return its acknowledgement (or error) frame."""
+        """Send a message and return its acknowledgement (or error) frame, skipping broadcasts.
+
+        Bounded by the socket's timeout, not by a count of frames: in a busy room a
+        member that reads slower than the others post has any number of broadcasts
+        queued ahead of its own ack.
+        """
         self.send({"type": "message", "text": text, "client_id": client_id})
-        for _ in range(100):
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
             frame = self.receive()
             if frame["type"] in ("ack", "error") and frame.get("client_id") == client_id:
                 return frame
-        raise AssertionError(f"no ack for {client_id}")
+        raise websocket.WebSocketTimeoutException(f"no ack for {client_id} within {self.timeout:g} s")
 
     def close_code(self) -> int | None:
         """Wait for the server's close frame and return its code."""
