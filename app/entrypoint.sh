@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The app's entrypoint, in the container and in the native stack alike.
 #   entrypoint.sh migrate   wait for PostgreSQL, apply migrations straight to it (DIRECT_DATABASE_URL)
-#   entrypoint.sh serve     wait for PgBouncer, then run APP_WORKERS Daphne processes on APP_BIND:APP_PORT
+#   entrypoint.sh serve     wait for PgBouncer, then run APP_WORKERS Daphne processes on APP_BIND:APP_PORT,
+#                           pinging idle WebSockets every APP_PING_INTERVAL seconds
 # Settings come from the environment (chat_site/settings.py); the wait is bounded
 # by APP_WAIT_SECONDS (default 60).
 set -o errexit -o nounset -o pipefail
@@ -17,6 +18,8 @@ case ${1:-serve} in
   serve)
     python manage.py wait_for_database --database default --timeout "$wait_seconds"
     export APP_BIND=${APP_BIND:-0.0.0.0} APP_PORT=${APP_PORT:-8000} APP_WORKERS=${APP_WORKERS:-2}
+    # Below the idle timeout of whatever sits in front (nginx: 60 s by default).
+    export APP_PING_INTERVAL=${APP_PING_INTERVAL:-20}
     export APP_RUN_DIR=${APP_RUN_DIR:-/tmp}
     exec supervisord --configuration supervisord.conf
     ;;

@@ -19,7 +19,7 @@ import gevent
 import websocket
 from gevent.event import AsyncResult, Event
 
-from loadtest.client import close_code, socket_url
+from probes.chat import close_code, receive_frame, socket_url
 
 # Per-process tallies the Locust hooks forward to the master (report_to_master).
 COUNTERS: Counter = Counter()
@@ -56,9 +56,10 @@ class RoomSocket:
 
     def connect(self, timeout: float) -> dict:
         """Handshake and wait for the server's ``ready`` frame; return it."""
+        deadline = time.monotonic() + timeout
         try:
             self.ws = websocket.create_connection(self.url, timeout=timeout, origin=self.origin)
-            opcode, data = self.ws.recv_data()
+            opcode, data = receive_frame(self.ws, deadline)
         except (OSError, websocket.WebSocketException) as error:
             self._abandon()
             raise SocketFailure(f"{type(error).__name__}: {error}") from None

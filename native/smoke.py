@@ -11,13 +11,13 @@ import uuid
 
 import psycopg
 
-from loadtest.client import ChatHttp, ChatSocket
-from loadtest.observe import (
+from native.stack import Stack
+from probes.chat import ChatHttp, ChatSocket
+from probes.connections import (
     app_role_backend_pids,
     connection_bound,
     pgbouncer_show,
 )
-from native.stack import Stack
 
 
 def check(stack: Stack) -> list[str]:

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from loadtest.client import ChatHttp
+from probes.chat import ChatHttp
 
 
 @pytest.fixture
@@ -14,7 +14,7 @@ def api(stack):
 
 
 def test_healthz_proves_a_round_trip_through_pgbouncer(api, pgbouncer_console):
-    from loadtest.observe import pgbouncer_show
+    from probes.connections import pgbouncer_show
 
     def app_queries():
         stats = {row["database"]: row for row in pgbouncer_show(pgbouncer_console, "STATS")}

@@ -5,7 +5,7 @@ import subprocess
 import psycopg
 import pytest
 
-from loadtest.observe import pgbouncer_show
+from probes.connections import pgbouncer_show
 
 
 def connect(stack, role, *, through_pgbouncer, dbname="chat", password=None):

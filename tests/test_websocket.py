@@ -5,7 +5,7 @@ import uuid
 import pytest
 import websocket
 
-from loadtest.client import ChatSocket
+from probes.chat import ChatSocket
 
 
 def test_connect_gets_a_ready_frame(stack, room):

@@ -69,10 +69,6 @@ def server_connections(conn: psycopg.Connection) -> Counter:
     return Counter({(role, state): count for role, state, count in rows})
 
 
-def app_role_connections(counts: Counter) -> int:
-    return sum(count for (role, _state), count in counts.items() if role == APP_ROLE)
-
-
 def app_role_backend_pids(conn: psycopg.Connection) -> set[int]:
     rows = conn.execute(
         "SELECT pid FROM pg_stat_activity WHERE datname = %s AND usename = %s",

@@ -1,7 +1,13 @@
 """A small synchronous client for the chat's HTTP API and WebSocket protocol.
 
-Used by `make demo`'s end-to-end check, by the tests, and by the Locust user
-(under gevent, whose monkey-patching makes these sockets cooperative).
+Used by `make demo`'s end-to-end check, by the tests, by `make chaos`, and by
+the Locust user (under gevent, whose monkey-patching makes these sockets
+cooperative).
+
+Every wait ends at a deadline. A socket timeout alone does not do that: each
+ping the server sends (Daphne: every 20 s) is a frame, and websocket-client
+answers it and reads on with a fresh timeout, so a reply that never comes would
+be waited for forever. Here each read gets what is left of the deadline.
 """
 
 import http.cookiejar
@@ -9,6 +15,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -81,52 +88,90 @@ def close_code(payload: bytes) -> int | None:
     return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
 
 
+class SocketClosed(websocket.WebSocketConnectionClosedException):
+    """The server closed the connection; ``code`` is its close code (None: none given)."""
+
+    def __init__(self, code: int | None):
+        super().__init__(f"the server closed the connection (code {code})")
+        self.code = code
+
+
+def receive_frame(ws: websocket.WebSocket, deadline: float, seen: Counter | None = None) -> tuple[int, bytes]:
+    """The next data or close frame as (opcode, payload), by the deadline (time.monotonic()).
+
+    Pings are answered (by websocket-client), counted in ``seen["pings"]``, and
+    neither answer the wait nor extend it. Raises WebSocketTimeoutException at the
+    deadline. (Each read gets the time left; a server that trickled one frame in
+    pieces could still stretch that read, which Daphne does not do.)
+    """
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise websocket.WebSocketTimeoutException("deadline reached while waiting for a frame")
+        ws.settimeout(remaining)
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_PING and seen is not None:
+            seen["pings"] += 1
+        if opcode not in (websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_PONG):
+            return opcode, frame.data
+
+
 class ChatSocket:
-    """One member of a room: connect, post, read frames."""
+    """One member of a room: connect, post, read frames; no wait lasts longer than ``timeout``."""
 
     def __init__(self, base_url: str, room: str, name: str, timeout: float = 10.0, **options):
         url, origin = socket_url(base_url, room, name)
         self.timeout = timeout
+        self.seen: Counter = Counter()  # control frames read while waiting ("pings")
+        deadline = time.monotonic() + timeout
         self.ws = websocket.create_connection(
             url, timeout=timeout, origin=options.pop("origin", origin), **options
         )
-        self.ready = self.receive()
+        self.ready = self.receive(deadline)
 
     def send(self, frame: dict | str) -> None:
         self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
 
-    def receive(self) -> dict:
-        return json.loads(self.ws.recv())
+    def receive(self, deadline: float | None = None) -> dict:
+        """The next frame, by the deadline (default: ``timeout`` from now).
 
-    def receive_until(self, frame_type: str, limit: int = 100) -> dict:
-        """The next frame of this type, skipping others (e.g. broadcasts)."""
-        for _ in range(limit):
-            frame = self.receive()
+        Raises SocketClosed when the server closes instead, and
+        WebSocketTimeoutException when nothing came in time.
+        """
+        deadline = deadline if deadline is not None else time.monotonic() + self.timeout
+        opcode, payload = receive_frame(self.ws, deadline, self.seen)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            raise SocketClosed(close_code(payload))
+        return json.loads(payload)
+
+    def receive_until(self, frame_type: str) -> dict:
+        """The next frame of this type within ``timeout``, skipping others (e.g. broadcasts)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            frame = self.receive(deadline)
             if frame["type"] == frame_type:
                 return frame
-        raise AssertionError(f"no {frame_type!r} frame in {limit} frames")
 
     def post(self, text: str, client_id: str) -> dict:
-        """Send a message and return its acknowledgement (or error) frame, skipping broadcasts.
+        """Send a message and return its acknowledgement (or error) frame within ``timeout``.
 
-        Bounded by the socket's timeout, not by a count of frames: in a busy room a
-        member that reads slower than the others post has any number of broadcasts
-        queued ahead of its own ack.
+        Broadcasts are skipped, however many: in a busy room a member that reads
+        slower than the others post has any number of them queued ahead of its ack.
         """
         self.send({"type": "message", "text": text, "client_id": client_id})
         deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            frame = self.receive()
+        while True:
+            frame = self.receive(deadline)
             if frame["type"] in ("ack", "error") and frame.get("client_id") == client_id:
                 return frame
-        raise websocket.WebSocketTimeoutException(f"no ack for {client_id} within {self.timeout:g} s")
 
     def close_code(self) -> int | None:
-        """Wait for the server's close frame and return its code."""
+        """Wait (within ``timeout``) for the server's close frame and return its code."""
+        deadline = time.monotonic() + self.timeout
         while True:
-            opcode, frame = self.ws.recv_data_frame(control_frame=True)
+            opcode, payload = receive_frame(self.ws, deadline, self.seen)
             if opcode == websocket.ABNF.OPCODE_CLOSE:
-                return close_code(frame.data)
+                return close_code(payload)
 
     def close(self) -> None:
         self.ws.close()
