@@ -20,81 +20,21 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 
-from loadtest import bench_plot, ceiling
-from loadtest.client import ChatHttp
-from loadtest.demo import monitor_env, restart_clean
-from loadtest.gate import verdict
-from loadtest.observe import app_pool, connection_bound, pool_server_connections
-from loadtest.prove import Target, run_target, wait_healthy
-from loadtest.report import traffic_split
+from loadtest import ceiling
+from loadtest.bench_table import CONFIGS, combine, markdown, plot
+from loadtest.runner import Target, run_target, wait_healthy
 from loadtest.scenario import PROJECT, Scenario, raise_open_file_limit
-from native.profiles import PROFILES, SHIPPED, Profile
-from native.stack import Stack, StackError
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    name: str
-    profile: Profile
-    extra_env: dict[str, str] = field(default_factory=dict)  # one lever turned, on top of the profile
-    note: str = ""
-
-    @property
-    def description(self) -> str:
-        return self.note or self.profile.summary
-
-
-CONFIGS = [
-    BenchConfig(profile.name, profile)
-    for profile in (
-        PROFILES["naive"],
-        PROFILES["direct-0"],
-        PROFILES["pgbouncer-60"],
-        PROFILES["pooled"],
-        PROFILES["pooled-djangopool"],
-    )
-] + [
-    # The levers measured to choose the shipped defaults (app/chat_site/settings.py).
-    BenchConfig(
-        "pooled-djangopool+core-layer",
-        SHIPPED,
-        {"CHANNEL_LAYER_BACKEND": "core"},
-        "shipped, but channels_redis' list-based core layer instead of pub/sub",
-    ),
-    BenchConfig(
-        "pooled-djangopool+query-check",
-        SHIPPED,
-        {"DATABASE_POOL_CHECK": "query"},
-        "shipped, but Django's stock pool check: an empty query before every checkout",
-    ),
-    BenchConfig(
-        "pooled-djangopool-nocheck",
-        SHIPPED,
-        {"DATABASE_CONN_HEALTH_CHECKS": "false"},
-        "shipped, but no health check (a round trip) when the pool hands out a connection",
-    ),
-]
-
-
-class BenchStack(Stack):
-    """The native stack with one extra set of app variables for the configuration being measured."""
-
-    extra_env: dict[str, str] = {}  # replaced per configuration, never mutated
-
-    def app_env(self, profile: Profile) -> dict[str, str]:
-        return {**super().app_env(profile), **self.extra_env}
-
-    def start_config(self, config: BenchConfig) -> None:
-        self.extra_env = dict(config.extra_env)
-        restart_clean(self, config.profile)
+from native.layout import StackError
+from native.profiles import SHIPPED
+from native.stack import Stack
+from probes.chat import ChatHttp
+from probes.connections import app_pool, connection_bound, pool_server_connections
 
 
 def throughput_scenario(args) -> Scenario:
@@ -131,9 +71,8 @@ def capacity_scenario(args) -> Scenario:
     return Scenario(
         users=args.capacity_users,
         hold_s=60,
-        # Each arrival is three HTTP requests and a handshake: at 50/s, past ~3,000 users,
-        # two Daphne processes fell 10 s behind during the ramp (and recovered once
-        # everyone was in); 20/s is an arrival rate they absorb.
+        # Each arrival is three HTTP requests and a handshake: an arrival rate two Daphne
+        # processes absorb while serving thousands already connected (README, "Performance").
         spawn_rate=20,
         mode="chat",
         pace_s=25,
@@ -149,52 +88,6 @@ def prepare_rooms(stack: Stack, scenario: Scenario) -> None:
     http = ChatHttp(stack.app_url)
     for number in range(-(-scenario.users // scenario.room_size)):
         http.ensure_room(f"{scenario.room_prefix}-0-{number}")
-
-
-def combine(config: BenchConfig, runs: list[dict], with_http: dict | None) -> dict:
-    """One row from several rounds: mean messages/s; the worst latency, peak and failures.
-
-    The peak and verdict also count the chat run with HTTP (``with_http``) when there is one.
-    """
-    rates = [run["messages_per_s"] or 0.0 for run in runs]
-    worst = max(runs, key=lambda run: (run["latency_ms"] or {}).get("p99", 0))
-    websocket_peak = max(run["server_connections_peak"] or 0 for run in runs)
-    peaks = [websocket_peak] + ([with_http["server_connections_peak"] or 0] if with_http else [])
-    bound = runs[0]["server_connection_bound"]
-    return {
-        "config": config.name,
-        "description": config.description,
-        "users": runs[0]["users"],
-        "duration_s": round(sum(run["duration_s"] for run in runs), 1),
-        "requests": sum(run["requests"] for run in runs),
-        "failures": sum(run["failures"] for run in runs),
-        "server_connections_peak": max(peaks),
-        "server_connection_bound": bound,
-        "server_connections_after": max(run["server_connections_after"] or 0 for run in runs),
-        "pgbouncer_clients_peak": max(run.get("pgbouncer_clients_peak") or 0 for run in runs),
-        "latency_ms": worst["latency_ms"],
-        "messages_per_s": round(statistics.mean(rates), 1),
-        "messages_per_s_runs": rates,
-        "verdict": verdict(max(peaks), bound),
-        "server_connections_peak_websocket_only": websocket_peak,
-        "with_http": _leak_figures(with_http) if with_http else None,
-        "scenario": runs[0]["scenario"],
-        "extra_env": config.extra_env,
-    }
-
-
-def _leak_figures(summary: dict) -> dict:
-    http_requests, http_failures = traffic_split(summary)["HTTP"]
-    return {
-        "server_connections_peak": summary["server_connections_peak"],
-        "server_connections_after": summary["server_connections_after"],
-        "pgbouncer_clients_peak": summary["pgbouncer_clients_peak"],
-        "http_requests": http_requests,
-        "http_failures": http_failures,
-        "requests": summary["requests"],
-        "failures": summary["failures"],
-        "scenario": summary["scenario"],
-    }
 
 
 def measure_ceiling(stack: Stack, args) -> dict:
@@ -229,56 +122,6 @@ def measure_ceiling(stack: Stack, args) -> dict:
     }
 
 
-def _count_of(http: dict) -> str:
-    if not http:
-        return "-"
-    return f"{http['http_failures']:,} of {http['http_requests']:,}"
-
-
-def markdown(rows: list[dict], ceiling_row: dict | None, capacity: dict | None, header: str) -> str:
-    naive = next((row for row in rows if row["config"] == "naive"), None)
-    lines = [
-        header,
-        "",
-        "| config | msg/s | vs naive | p50 / p95 / p99 ms | failures "
-        "| server conns peak: WS only / with HTTP | PgBouncer clients peak with HTTP "
-        f"| HTTP failures | verdict (bound {rows[0]['server_connection_bound'] if rows else '-'}) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        latency = row["latency_ms"] or {}
-        ratio = (
-            f"{row['messages_per_s'] / naive['messages_per_s']:.2f}x"
-            if naive and naive["messages_per_s"]
-            else "-"
-        )
-        shipped = " (shipped)" if row["config"] == SHIPPED.name else ""
-        http = row["with_http"] or {}
-        lines.append(
-            f"| {row['config']}{shipped} "
-            f"| {row['messages_per_s']:,.0f} | {ratio} | {latency.get('p50')} / {latency.get('p95')} / "
-            f"{latency.get('p99')} | {row['failures']} "
-            f"| {row['server_connections_peak_websocket_only']} / {http.get('server_connections_peak', '-')} "
-            f"| {http.get('pgbouncer_clients_peak', '-')} | {_count_of(http)} | {row['verdict']} |"
-        )
-    if ceiling_row:
-        tps = ", ".join(f"{c} client(s) {r['tps']:,.0f}" for c, r in ceiling_row["tps_by_clients"].items())
-        lines += ["", f"Ceiling, pgbench through the same PgBouncer (transactions/s): {tps}."]
-    if capacity:
-        latency = capacity["latency_ms"] or {}
-        lines += [
-            "",
-            f"Capacity, shipped configuration ({capacity['config']}), chat scenario: "
-            f"{capacity['users_peak']:,} concurrent WebSocket users, "
-            f"{capacity['messages_per_s']:,.0f} msg/s, "
-            f"p50 / p95 / p99 {latency.get('p50')} / {latency.get('p95')} / {latency.get('p99')} ms, "
-            f"{capacity['failures']:,} failures of {capacity['requests']:,} requests, "
-            f"server connections peak {capacity['server_connections_peak']} / bound "
-            f"{capacity['server_connection_bound']} ({capacity['verdict']}).",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -298,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in CONFIGS if not args.only or c.name in args.only]
 
     raise_open_file_limit()
-    stack = BenchStack()
+    stack = Stack()
     scenario = throughput_scenario(args)
     out = args.results / "bench"
     machine = f"{platform.platform()}, {os.cpu_count()} CPUs"
     try:
         stack.up(SHIPPED)
-        env = monitor_env(stack)
+        env = stack.monitor_env()
         prepare_rooms(stack, scenario)
         runs: dict[str, list[dict]] = {c.name: [] for c in configs}
         for round_number in range(args.rounds):
@@ -314,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"[round {round_number + 1}/{args.rounds}] {config.name}: {config.description}",
                     flush=True,
                 )
-                stack.start_config(config)
+                stack.restart_app(config.profile, config.extra_env)
                 wait_healthy(stack.app_url)
                 target = Target(config.name, stack.app_url, config.description)
                 runs[config.name].append(
@@ -324,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         leak = leak_scenario()
         for config in (c for c in configs if not c.extra_env):
             print(f"[with HTTP] {config.name}: {leak.describe()}", flush=True)
-            stack.start_config(config)
+            stack.restart_app(config.profile, config.extra_env)
             wait_healthy(stack.app_url)
             target = Target(config.name, stack.app_url, config.description)
             leaks[config.name] = run_target(target, leak, out / f"{config.name}-with-http", env)
         rows = [combine(c, runs[c.name], leaks.get(c.name)) for c in configs]
-        stack.start_config(BenchConfig(SHIPPED.name, SHIPPED))
+        stack.restart_app(SHIPPED)
         print("ceiling:", flush=True)
         ceiling_row = measure_ceiling(stack, args)
         capacity = None
@@ -345,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if stack.pid("postgres"):
-            stack.start_config(BenchConfig(SHIPPED.name, SHIPPED))
+            stack.restart_app(SHIPPED)
 
     header = (
         f"`make bench` on {machine}, {stack.config.app_workers} Daphne processes for every configuration, "
@@ -360,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.results / "bench.md").write_text(table)
-    bench_plot.plot(rows, args.results / "bench.png")
+    plot(rows, args.results / "bench.png")
     print("\n" + table)
     print(
         f"Written: {args.results / 'bench.json'}, {args.results / 'bench.md'}, {args.results / 'bench.png'}"

@@ -24,7 +24,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from loadtest import summary
 from loadtest.monitor import ConnectionMonitor, MonitorDsns, SampleLog
 from loadtest.room_socket import COUNTERS
-from loadtest.scenario import PROGRESS_PREFIX
+from loadtest.scenario import PROGRESS_PREFIX, locust_options
 
 logger = logging.getLogger(__name__)
 
@@ -32,44 +32,17 @@ logger = logging.getLogger(__name__)
 @events.init_command_line_parser.add_listener
 def add_chat_options(parser) -> None:
     group = parser.add_argument_group("chat load test (loadtest/locustfile.py)")
-    group.add_argument(
-        "--mode",
-        choices=["chat", "saturate"],
-        default="chat",
-        help="chat: a real user's page, history and paced messages; "
-        "saturate: WebSocket only, next message right after the ack (throughput)",
-    )
-    group.add_argument(
-        "--pace", type=float, default=5.0, help="chat mode: seconds between a user's messages (±50%%)"
-    )
-    group.add_argument(
-        "--max-rate",
-        type=float,
-        default=0.0,
-        help="saturate mode: at most this many messages/s per user (0: none, back to back)",
-    )
-    group.add_argument("--room-size", type=int, default=5, help="members per room: the broadcast fan-out")
-    group.add_argument("--room-prefix", default="load", help="rooms are named PREFIX-WORKER-N")
-    group.add_argument(
-        "--history-every",
-        type=float,
-        default=30.0,
-        help="chat mode: seconds between HTTP history reloads (0: once)",
-    )
-    group.add_argument("--ack-timeout", type=float, default=10.0, help="seconds to wait for a message's ack")
-    group.add_argument(
-        "--connect-timeout", type=float, default=10.0, help="seconds for a WebSocket to be ready"
-    )
-    group.add_argument(
-        "--reconnect-max", type=float, default=30.0, help="cap of the reconnect backoff, seconds"
-    )
+    for item in locust_options():  # defined once, in scenario.py
+        group.add_argument(
+            item.metadata["flag"],
+            type=type(item.default),
+            default=item.default,
+            choices=item.metadata["choices"],
+            help=item.metadata["help"],
+        )
     group.add_argument("--results-dir", default="", help="write samples.jsonl/.csv and summary.json here")
     group.add_argument("--run-label", default="", help='the summary\'s "config" (default: the host)')
     group.add_argument("--description", default="", help='the summary\'s "description"')
-    group.add_argument("--max-fail-ratio", type=float, default=0.0, help="gate: allowed failed/requests")
-    group.add_argument(
-        "--idle-after", type=float, default=10.0, help="seconds idle before server_connections_after"
-    )
     group.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
 
 

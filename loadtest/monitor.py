@@ -19,7 +19,7 @@ from typing import IO
 
 import psycopg
 
-from loadtest.observe import (
+from probes.connections import (
     APP_ROLE,
     PGBOUNCER_INI,
     app_pool,

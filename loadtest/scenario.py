@@ -1,13 +1,18 @@
-"""A load scenario, and how it becomes a Locust command line.
+"""A load scenario: its options, defined once, and how it becomes a Locust command line.
 
-The one place `make demo`, `make bench` and `python -m loadtest.prove` turn
-"N users for S seconds" into Locust options, so they all run the same thing.
+Every option of the chat load test is a field of ``Scenario`` below, with its
+flag, default and help. From that one definition come: the options Locust
+accepts (locust_hooks.py registers them), the Locust command line `make demo`,
+`make bench` and `python -m loadtest.prove` run (``locust_argv``), and the
+options of those commands (``add_arguments``). README.md ("Load test") lists
+them, and a test holds the list to this definition.
 """
 
+import argparse
 import math
 import resource
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 LOADTEST = Path(__file__).resolve().parent
@@ -15,8 +20,9 @@ PROJECT = LOADTEST.parent
 LOCUSTFILE = LOADTEST / "locustfile.py"
 LOCUST_CONF = LOADTEST / "locust.conf"
 # Locust's output lines that start with this are its progress (locust_hooks.py
-# prints them), which prove.py echoes while the run goes on.
+# prints them), which the runner echoes while the run goes on.
 PROGRESS_PREFIX = "[progress]"
+MODES = ("chat", "saturate")
 
 
 def raise_open_file_limit() -> None:
@@ -31,22 +37,44 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def option(default, flag: str, help: str, *, locust: bool = True, choices: tuple | None = None):
+    """A scenario field with its command-line flag. ``locust=False``: not a Locust option
+    of ours (Locust has its own, or the runner derives it), but still one of our commands'."""
+    return field(default=default, metadata={"flag": flag, "help": help, "locust": locust, "choices": choices})
+
+
 @dataclass(frozen=True)
 class Scenario:
-    users: int = 1000
-    hold_s: float = 60.0  # seconds at full load, after the ramp
-    # Users arriving per second. Each arrival costs three HTTP requests and a WebSocket
-    # handshake: at 100/s two Daphne processes fell seconds behind (p99 4.6 s, handshakes
-    # reset) and took ~10 s after the ramp to recover; 25/s kept p99 under 250 ms.
-    spawn_rate: float = 25.0
-    mode: str = "chat"  # or "saturate" (see locustfile.py)
-    pace_s: float = 5.0
-    max_rate: float = 0.0  # saturate mode: messages/s per user, 0 = back to back
-    room_size: int = 5
-    history_every_s: float = 30.0
-    room_prefix: str = "load"
-    idle_after_s: float = 10.0
-    max_fail_ratio: float = 0.0
+    users: int = option(1000, "--users", "simulated users", locust=False)
+    hold_s: float = option(60.0, "--duration", "seconds at full load, after the ramp", locust=False)
+    # Each arrival costs three HTTP requests and a WebSocket handshake; an arrival rate
+    # two Daphne processes absorb while serving the users already in (README, "Load test").
+    spawn_rate: float = option(25.0, "--spawn-rate", "users arriving per second", locust=False)
+    mode: str = option(
+        "chat",
+        "--mode",
+        "chat: a real user's page, history and paced messages; "
+        "saturate: WebSocket only, next message right after the ack (throughput)",
+        choices=MODES,
+    )
+    pace_s: float = option(5.0, "--pace", "chat mode: seconds between a user's messages (±50%%)")
+    max_rate: float = option(
+        0.0, "--max-rate", "saturate mode: at most this many messages/s per user (0: back to back)"
+    )
+    room_size: int = option(5, "--room-size", "members per room: the broadcast fan-out")
+    history_every_s: float = option(
+        30.0, "--history-every", "chat mode: seconds between HTTP history reloads (0: once)"
+    )
+    room_prefix: str = option("load", "--room-prefix", "rooms are named PREFIX-WORKER-N")
+    ack_timeout_s: float = option(10.0, "--ack-timeout", "seconds to wait for a message's ack")
+    connect_timeout_s: float = option(10.0, "--connect-timeout", "seconds for a WebSocket to be ready")
+    reconnect_max_s: float = option(
+        30.0, "--reconnect-max", "cap of the reconnect backoff (full jitter), seconds"
+    )
+    idle_after_s: float = option(
+        10.0, "--idle-after", "seconds idle after the load before server_connections_after"
+    )
+    max_fail_ratio: float = option(0.0, "--max-fail-ratio", "gate: allowed failed/requests")
     expect_workers: int = 0  # >0: run as a Locust master and wait for that many workers
 
     @property
@@ -93,22 +121,11 @@ class Scenario:
             f"{self.spawn_rate:g}",
             "--run-time",
             f"{self.run_time_s}s",
-            "--mode",
-            self.mode,
-            "--pace",
-            f"{self.pace_s:g}",
-            "--max-rate",
-            f"{self.max_rate:g}",
-            "--room-size",
-            str(self.room_size),
-            "--history-every",
-            f"{self.history_every_s:g}",
-            "--room-prefix",
-            self.room_prefix,
-            "--idle-after",
-            f"{self.idle_after_s:g}",
-            "--max-fail-ratio",
-            f"{self.max_fail_ratio:g}",
+        ]
+        for item in locust_options():
+            value = getattr(self, item.name)
+            argv += [item.metadata["flag"], f"{value:g}" if isinstance(value, float) else str(value)]
+        argv += [
             "--results-dir",
             str(results_dir),
             "--run-label",
@@ -128,3 +145,41 @@ class Scenario:
                 "120",
             ]
         return argv
+
+
+def _options():
+    return [item for item in fields(Scenario) if "flag" in item.metadata]
+
+
+def locust_options():
+    """The fields that are Locust options of ours (registered by locust_hooks.py)."""
+    return [item for item in _options() if item.metadata["locust"]]
+
+
+def dest(item) -> str:
+    """Where argparse (and Locust's parsed_options) keep a field's value: its flag's name."""
+    return item.metadata["flag"].removeprefix("--").replace("-", "_")
+
+
+def add_arguments(parser, names: tuple[str, ...] | None = None) -> None:
+    """Add the scenario's options (all, or the fields named) to an argparse parser.
+
+    Defaults are left to the Scenario itself (``from_arguments``), so a command that
+    sets a field of its own (bench's room prefix, say) is not overridden by the default.
+    """
+    for item in _options():
+        if names is None or item.name in names:
+            default = item.default
+            parser.add_argument(
+                item.metadata["flag"],
+                type=type(default),
+                default=argparse.SUPPRESS,
+                choices=item.metadata["choices"],
+                help=f"{item.metadata['help']} (default {default})",
+            )
+
+
+def from_arguments(args, **base) -> Scenario:
+    """A Scenario from ``base`` with whatever options the command line gave on top."""
+    given = {item.name: getattr(args, dest(item)) for item in _options() if hasattr(args, dest(item))}
+    return Scenario(**{**base, **given})

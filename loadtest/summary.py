@@ -14,7 +14,7 @@ from locust.stats import (
     diff_response_time_dicts,
 )
 
-from loadtest.gate import peak_from_samples, reasons_to_fail, verdict
+from loadtest.verdicts import peak_from_samples, reasons_to_fail, verdict
 
 MESSAGE = ("message", "WS")  # (name, request_type) of a message round trip in Locust's stats
 

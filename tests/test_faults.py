@@ -7,8 +7,8 @@ stack and leaves the stack serving again.
 import psycopg
 import pytest
 
-from loadtest import chaos
-from loadtest.client import ChatHttp, ChatSocket
+from loadtest import faults
+from probes.chat import ChatHttp, ChatSocket
 
 # What a client may see while a fault lasts; anything else (above all "timeout",
 # a reply that never came) fails the test.
@@ -21,21 +21,21 @@ CLEAR_ERRORS = {
 }
 
 
-@pytest.mark.parametrize("fault", list(chaos.FAULTS))
+@pytest.mark.parametrize("fault", list(faults.FAULTS))
 def test_fault_under_load_loses_no_acknowledged_message(stack, fault):
-    summary = chaos.run(stack, [fault], clients=10, settle_s=2.0)
-    assert chaos.problems(summary) == []
+    summary = faults.run(stack, [fault], clients=10, settle_s=2.0)
+    assert faults.problems(summary) == []
     assert summary["acknowledged"] > 0
     assert summary["lost"] == 0
     assert summary["persisted"] == summary["acknowledged"]
     assert summary["hangs"] == 0
     assert set(summary["errors_by_kind"]) <= CLEAR_ERRORS[fault]
     assert summary["server_connections_peak"] <= summary["server_connection_bound"]
-    assert summary["max_recovery_s"] <= chaos.RECOVERY_LIMIT_S
+    assert summary["max_recovery_s"] <= faults.RECOVERY_LIMIT_S
 
 
 def test_database_down_gives_clear_errors_then_recovers(stack, room):
-    socket = ChatSocket(stack.app_url, room, "alice", timeout=chaos.REPLY_TIMEOUT_S)
+    socket = ChatSocket(stack.app_url, room, "alice", timeout=faults.REPLY_TIMEOUT_S)
     stack.stop("pgbouncer")
     try:
         reply = socket.post("while PgBouncer is down", "down-1")
@@ -44,7 +44,7 @@ def test_database_down_gives_clear_errors_then_recovers(stack, room):
         assert "nothing was stored" in reply["message"]
         health = ChatHttp(stack.app_url).request("GET", "/healthz")
         assert health.status == 503
-        newcomer = ChatSocket(stack.app_url, room, "bob", timeout=chaos.REPLY_TIMEOUT_S)
+        newcomer = ChatSocket(stack.app_url, room, "bob", timeout=faults.REPLY_TIMEOUT_S)
         assert newcomer.ready["code"] == "unavailable"
         assert newcomer.close_code() == 4503  # unavailable: reconnect later
     finally:

@@ -13,26 +13,24 @@ import uuid
 
 import pytest
 
-from loadtest import bench_plot
-from loadtest.bench import BenchConfig, combine, markdown
-from loadtest.client import ChatHttp, ChatSocket
-from loadtest.demo import monitor_env
-from loadtest.gate import reasons_to_fail
+from loadtest.bench_table import BenchConfig, combine, markdown
 from loadtest.monitor import POOL_FIELDS, ConnectionMonitor, MonitorDsns, SampleLog, read_samples
-from loadtest.observe import (
+from loadtest.runner import Target, refuse_leftover_connections, run_target
+from loadtest.scenario import PROJECT, Scenario, locust_options
+from loadtest.verdicts import reasons_to_fail
+from native.profiles import PROFILES, SHIPPED
+from probes.chat import ChatHttp, ChatSocket
+from probes.connections import (
     APP_ROLE,
     app_role_backend_pids,
     connection_bound,
     connection_bound_from_console,
 )
-from loadtest.prove import Target, refuse_leftover_connections, run_target
-from loadtest.scenario import PROJECT, Scenario
-from native.profiles import PROFILES, SHIPPED
 
 
 @pytest.fixture
 def monitor(stack):
-    monitor = ConnectionMonitor(MonitorDsns.from_env(monitor_env(stack)))
+    monitor = ConnectionMonitor(MonitorDsns.from_env(stack.monitor_env()))
     monitor.open()
     yield monitor
     monitor.close()
@@ -98,14 +96,19 @@ def test_samples_are_kept_as_json_lines_and_csv(tmp_path, monitor):
 # --- the gate ---------------------------------------------------------------------------
 
 
-def gate(summary_path) -> subprocess.CompletedProcess:
+def command(module: str, *args) -> subprocess.CompletedProcess:
+    """One of the load test's commands, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "loadtest.gate", str(summary_path)],
+        [sys.executable, "-m", module, *map(str, args)],
         cwd=PROJECT,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def gate(summary_path) -> subprocess.CompletedProcess:
+    return command("loadtest.gate", summary_path)
 
 
 def test_the_gate_fails_a_run_whose_samples_exceed_the_bound(tmp_path):
@@ -150,7 +153,7 @@ def test_the_gate_passes_a_run_within_the_bound_and_fails_one_with_failures(tmp_
 
 def test_locust_chat_users_get_every_message_acknowledged(stack, tmp_path):
     summary = run_target(
-        Target("pooled", stack.app_url, config=SHIPPED.name), small(), tmp_path, monitor_env(stack)
+        Target("pooled", stack.app_url, config=SHIPPED.name), small(), tmp_path, stack.monitor_env()
     )
     by_name = summary["requests_by_name"]
     messages = by_name["WS message"]["requests"]
@@ -177,7 +180,7 @@ def test_locust_saturating_users_send_without_pause(stack, tmp_path):
     scenario = small(mode="saturate", users=5, spawn_rate=5, hold_s=3, max_rate=10)
     http = ChatHttp(stack.app_url)
     http.ensure_room(f"{scenario.room_prefix}-0-0")  # WebSocket-only users make no HTTP requests
-    summary = run_target(Target("saturate", stack.app_url), scenario, tmp_path, monitor_env(stack))
+    summary = run_target(Target("saturate", stack.app_url), scenario, tmp_path, stack.monitor_env())
     assert summary["failures"] == 0
     assert set(summary["requests_by_name"]) == {"WS connect", "WS message"}
     assert summary["requests_by_name"]["WS message"]["requests"] > summary["users"]
@@ -192,13 +195,40 @@ def test_locust_saturating_users_send_without_pause(stack, tmp_path):
     assert f"| {SHIPPED.name} (shipped) | {summary['messages_per_s']:,.0f} |" in table
     bench_json = tmp_path / "bench.json"
     bench_json.write_text(json.dumps([row]))
-    assert bench_plot.main([str(bench_json)]) == 0
+    assert command("loadtest.bench_plot", bench_json).returncode == 0
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_the_bench_plot_names_the_fix_when_there_is_no_bench_yet(tmp_path, capsys):
-    assert bench_plot.main([str(tmp_path / "bench.json")]) == 2
-    assert "run `make bench` first" in capsys.readouterr().err
+def test_saturating_users_in_rooms_nobody_prepared_create_them_without_a_failure(stack, tmp_path):
+    """On a fresh stack the rooms do not exist yet: the users' own set-up is no failure."""
+    scenario = small(mode="saturate", users=10, spawn_rate=10, hold_s=2, max_rate=5, room_size=5)
+    summary = run_target(Target("fresh", stack.app_url), scenario, tmp_path, stack.monitor_env())
+    assert summary["failures"] == 0, summary["errors"]
+    by_name = summary["requests_by_name"]
+    assert 1 <= by_name["POST /api/rooms"]["requests"] <= 10  # once per user at most, never per message
+    assert by_name["WS connect"]["requests"] == 10
+    assert by_name["WS message"]["requests"] > 0
+
+
+def test_the_readme_lists_every_load_test_option_with_its_default():
+    """`locust --help` cannot show the chat options (Locust prints it before it reads the
+    locustfile that adds them), so the README's table is where they are documented."""
+    readme = (PROJECT / "README.md").read_text()
+    table = {
+        cells[0].strip("` "): cells[1].strip("` ")
+        for line in readme.splitlines()
+        if line.startswith("| `--") and (cells := [c.strip() for c in line.strip("|").split("|")])
+    }
+    options = {item.metadata["flag"]: item.default for item in locust_options()}
+    assert set(table) == set(options)
+    for flag, default in options.items():
+        assert table[flag] == (f"{default:g}" if isinstance(default, float) else str(default)), flag
+
+
+def test_the_bench_plot_names_the_fix_when_there_is_no_bench_yet(tmp_path):
+    result = command("loadtest.bench_plot", tmp_path / "bench.json")
+    assert result.returncode == 2
+    assert "run `make bench` first" in result.stderr
     assert not (tmp_path / "bench.png").exists()
 
 
@@ -211,14 +241,14 @@ def test_a_naive_run_leaks_server_connections_through_http_and_fails_the_gate(st
             Target("naive", stack.app_url, config="naive"),
             small(users=30, spawn_rate=30, history_every_s=1),
             tmp_path,
-            monitor_env(stack),
+            stack.monitor_env(),
         )
         # What it leaked stays, and would count against the next run: the proof refuses to start one.
         with pytest.raises(RuntimeError, match=r"not PgBouncer's.*restart the app"):
-            refuse_leftover_connections(Target("next", stack.app_url), monitor_env(stack))
+            refuse_leftover_connections(Target("next", stack.app_url), stack.monitor_env())
     finally:
         stack.restart_app(SHIPPED)
-    refuse_leftover_connections(Target("next", stack.app_url), monitor_env(stack))  # gone with the app
+    refuse_leftover_connections(Target("next", stack.app_url), stack.monitor_env())  # gone with the app
     assert summary["server_connections_peak"] > summary["server_connection_bound"]
     assert summary["server_connections_direct_peak"] > summary["server_connection_bound"]  # the app's own
     assert summary["verdict"] == "unbounded"
