@@ -1,11 +1,12 @@
-"""python -m native up|down|destroy|status|env: the stack as local processes."""
+"""python -m native up|down|destroy|status|env|monitor-env: the stack as local processes."""
 
 import argparse
 import shlex
 import sys
 
+from native.layout import StackError
 from native.profiles import PROFILES, SHIPPED
-from native.stack import Stack, StackError, profile_named
+from native.stack import Stack, profile_named
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("destroy", help="stop, then delete the state directory (data, secrets)")
     commands.add_parser("status", help="show which services run, with their PIDs")
     commands.add_parser("env", help="print the app's environment as shell exports (for manage.py)")
+    commands.add_parser(
+        "monitor-env", help="print the load test monitor's DSNs as shell exports (for locust by hand)"
+    )
     args = parser.parse_args(argv)
 
     stack = Stack()
@@ -40,9 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             for name, pid in stack.status().items():
                 print(f"{name:10} {'running, pid ' + str(pid) if pid else 'stopped'}")
+            if (running := stack.running_profile()) is not None:
+                print(f"app profile: {running}")
         elif args.command == "env":
-            profile = profile_named(stack.running_profile() or SHIPPED.name)
-            for key, value in stack.app_env(profile).items():
+            profile, extra_env = stack.running_app() or (SHIPPED, {})
+            for key, value in stack.app_env(profile, extra_env).items():
+                print(f"export {key}={shlex.quote(value)}")
+        elif args.command == "monitor-env":
+            for key, value in stack.monitor_env().items():
                 print(f"export {key}={shlex.quote(value)}")
     except StackError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,12 +5,22 @@
 # starting system-wide services: the stack runs its own processes on its own ports.
 set -o errexit -o nounset -o pipefail
 
+# Debian installs daemons such as pgbouncer in /usr/sbin, which is not on a
+# regular user's PATH: look there too, or they would seem missing every time.
+PATH=$PATH:/usr/sbin:/sbin
+
 packages=()
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || packages+=(postgresql)
 command -v pg_isready >/dev/null || packages+=(postgresql-client)
 command -v pgbouncer >/dev/null || packages+=(pgbouncer)
 command -v redis-server >/dev/null || packages+=(redis-server)
 python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
+# As root the services run as `postgres`, the app from a virtualenv of the system's
+# Python (native/layout.py); setpriv (util-linux) drops to that user.
+if [[ $(id -u) == 0 ]]; then
+  [[ -x /usr/bin/python3 ]] || packages+=(python3)
+  command -v setpriv >/dev/null || packages+=(util-linux)
+fi
 if ((${#packages[@]} == 0)); then
   exit 0
 fi

@@ -1,131 +1,116 @@
 """The stack as local processes: PostgreSQL, PgBouncer, Redis and Daphne on loopback.
 
-Each service runs through the same entrypoint and config files as its container
-(postgres/, pgbouncer/, redis/, app/). PostgreSQL, PgBouncer and Redis run as an
-unprivileged user (the invoking user, or ``postgres`` when invoked as root).
-Every process is recorded in a pid file with its start time, and stopped by
-that PID only.
+Python prepares (state directory, secrets, staged service folders), starts each
+service in the order native/services.py declares and waits until it is ready;
+supervisord (native/supervisor.py) runs, stops and restarts the processes.
 """
 
-import hashlib
+import json
 import os
-import pwd
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+
+from native.layout import PROJECT, SECRET_NAMES, SYSTEM_PYTHON, AppRun, Config, Layout, StackError
 from native.profiles import PROFILES, SHIPPED, Profile
+from native.services import LONG_RUNNING, SERVICES, Service, service
+from native.supervisor import Supervisor, tail
+from probes.connections import APP_DATABASE, app_pool, pool_server_connections
 
-PROJECT = Path(__file__).resolve().parent.parent
-SECRET_NAMES = (
-    "DJANGO_SECRET_KEY",
-    "POSTGRES_OWNER_PASSWORD",
-    "POSTGRES_APP_PASSWORD",
-    "POSTGRES_MONITOR_PASSWORD",
-    "PGBOUNCER_AUTH_PASSWORD",
-    "PGBOUNCER_ADMIN_PASSWORD",
-    "PGBOUNCER_STATS_PASSWORD",
-    "REDIS_PASSWORD",
-)
-# Service folders copied into the state directory at every start, where the
-# unprivileged service user can read them even when the checkout is private.
-STAGED = ("postgres", "pgbouncer", "redis", "lib")
+# Folders copied into the state directory at every start, where the service user
+# can read them even when the checkout is private to the invoking user.
+STAGED = ("postgres", "pgbouncer", "redis", "lib", "app")
+# Directories of run/ each service writes into (its socket, runtime config, pid).
+SERVICE_RUN_DIRS = ("postgres", "pgbouncer", "redis", "app")
 
 
-class StackError(RuntimeError):
-    """Something the user can fix; the message says what."""
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value else default
-
-
-@dataclass
-class Config:
-    """Ports and places, from the environment (README, "Native stack")."""
-
-    state_dir: Path = field(default_factory=lambda: default_state_dir())
-    host: str = "127.0.0.1"
-    postgres_port: int = field(default_factory=lambda: _env_int("POSTGRES_PORT", 15432))
-    pgbouncer_port: int = field(default_factory=lambda: _env_int("PGBOUNCER_PORT", 16432))
-    redis_port: int = field(default_factory=lambda: _env_int("REDIS_PORT", 16379))
-    app_port: int = field(default_factory=lambda: _env_int("APP_PORT", 8000))
-    app_workers: int = field(default_factory=lambda: _env_int("APP_WORKERS", 2))
-    start_timeout: float = 90.0
-
-
-class Stack:
+class Stack(Layout):
     def __init__(self, config: Config | None = None):
-        self.config = config or Config()
-        self.dir = self.config.state_dir
-        self.service_user = _service_user()
+        super().__init__(config)
+        self.supervisor = Supervisor(self)
 
-    # --- paths -------------------------------------------------------------------
+    # --- lifecycle ---------------------------------------------------------------------
 
-    def path(self, *parts: str) -> Path:
-        return self.dir.joinpath(*parts)
+    def up(self, profile: Profile = SHIPPED, extra_env: dict[str, str] | None = None) -> None:
+        """Start every service that is not running, in order, each once the one before is ready."""
+        app = AppRun(profile, tuple(sorted((extra_env or {}).items())))
+        self.prepare()
+        self.supervisor.write_config(app)
+        self.supervisor.start()
+        self.supervisor.apply_config()  # e.g. the app in another profile: replaced
+        for each in SERVICES:
+            if each.one_shot:
+                self._run_to_completion(each)
+            else:
+                self._ensure_running(each)
+        self._record(app)
 
-    def secret_file(self, name: str) -> Path:
-        return self.path("secrets", name)
+    def restart_app(self, profile: Profile, extra_env: dict[str, str] | None = None) -> None:
+        """Restart the app in a profile, with PgBouncer's idle server connections closed in between.
 
-    def secret(self, name: str) -> str:
-        return self.secret_file(name).read_text()
-
-    @property
-    def app_url(self) -> str:
-        return f"http://{self.config.host}:{self.config.app_port}"
-
-    def dsn(self, role: str, *, through_pgbouncer: bool, dbname: str = "chat") -> str:
-        """A libpq connection string for one of the stack's roles."""
-        passwords = {
-            "chat_app": "POSTGRES_APP_PASSWORD",
-            "chat_owner": "POSTGRES_OWNER_PASSWORD",
-            "chat_monitor": "POSTGRES_MONITOR_PASSWORD",
-            "pgbouncer_auth": "PGBOUNCER_AUTH_PASSWORD",
-            "pgbouncer_admin": "PGBOUNCER_ADMIN_PASSWORD",
-            "pgbouncer_stats": "PGBOUNCER_STATS_PASSWORD",
-        }
-        port = self.config.pgbouncer_port if through_pgbouncer else self.config.postgres_port
-        return (
-            f"host={self.config.host} port={port} dbname={dbname} user={role} "
-            f"password={self.secret(passwords[role])} connect_timeout=5"
-        )
-
-    # --- lifecycle ---------------------------------------------------------------
-
-    def up(self, profile: Profile = SHIPPED) -> None:
-        """Start every service that is not running, then wait until each is ready."""
-        self._prepare()
-        self._start("postgres", self._postgres_command(), self._postgres_ready)
-        self._start("pgbouncer", self._pgbouncer_command(), self._pgbouncer_ready)
-        self._start("redis", self._redis_command(), self._redis_ready)
-        self.migrate()
-        if self.running_profile() not in (None, profile.name):
-            self.stop("app")
-        self._start("app", self._app_command("serve", profile), self._app_ready)
-        self.path("run", "app.profile").write_text(profile.name)
-
-    def restart_app(self, profile: Profile) -> None:
-        self.stop("app")
-        self._start("app", self._app_command("serve", profile), self._app_ready)
-        self.path("run", "app.profile").write_text(profile.name)
+        PgBouncer keeps idle server connections for server_idle_timeout: left from the
+        previous configuration, they would count in the next one's peak.
+        """
+        app = AppRun(profile, tuple(sorted((extra_env or {}).items())))
+        self.supervisor.stop("app")
+        self._close_idle_server_connections()
+        self._stage()
+        self.supervisor.write_config(app)
+        self.supervisor.apply_config()
+        self._ensure_running(service("app"))
+        self._record(app)
 
     def restart(self, name: str) -> None:
-        """Stop a data service and start it again, waiting until it is ready (fault injection)."""
-        command, ready = {
-            "postgres": (self._postgres_command, self._postgres_ready),
-            "pgbouncer": (self._pgbouncer_command, self._pgbouncer_ready),
-            "redis": (self._redis_command, self._redis_ready),
-        }[name]
-        self.stop(name)
-        self._start(name, command(), ready)
+        """Stop a service and start it again, waiting until it is ready (fault injection)."""
+        self.supervisor.stop(name)
+        self._ensure_running(service(name))
+
+    def stop(self, name: str) -> None:
+        self.supervisor.stop(name)
+
+    def down(self) -> None:
+        self.supervisor.shutdown()
+        self.path("run", "app.json").unlink(missing_ok=True)
+
+    def destroy(self) -> None:
+        """Stop everything and delete the state directory (data and secrets)."""
+        self.down()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- what runs ---------------------------------------------------------------------
+
+    def pid(self, name: str) -> int | None:
+        return self.supervisor.program_pid(name)
+
+    def status(self) -> dict[str, int | None]:
+        return {name: self.pid(name) for name in LONG_RUNNING}
+
+    def running_app(self) -> tuple[Profile, dict[str, str]] | None:
+        """The app's profile and extra settings, while it runs."""
+        record = self.path("run", "app.json")
+        if not self.pid("app") or not record.exists():
+            return None
+        run = json.loads(record.read_text())
+        return PROFILES[run["profile"]], run["extra_env"]
+
+    def running_profile(self) -> str | None:
+        running = self.running_app()
+        return running[0].name if running else None
+
+    def daphne_pids(self) -> list[int]:
+        """The Daphne processes the app's own supervisord runs."""
+        app = self.pid("app")
+        if app is None:
+            return []
+        children = Path(f"/proc/{app}/task/{app}/children").read_text().split()
+        return [int(pid) for pid in children if "daphne" in _cmdline(int(pid))]
 
     def kill_worker(self, pid: int, sig: int = signal.SIGKILL) -> None:
         """Signal one of the app's Daphne processes, and only such a process."""
@@ -133,312 +118,205 @@ class Stack:
             raise StackError(f"{pid} is not one of this stack's Daphne processes")
         os.kill(pid, sig)
 
-    def daphne_pids(self) -> list[int]:
-        """The Daphne processes supervisord runs for the app."""
-        supervisor = self.pid("app")
-        if supervisor is None:
-            return []
-        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-        return [int(pid) for pid in children if "daphne" in _cmdline(int(pid))]
+    # --- logs --------------------------------------------------------------------------
+
+    def _logs(self) -> list[Path]:
+        return sorted(self.path("logs").glob("*.log"))
 
     def log_tails(self, lines: int = 30) -> str:
         """The last lines of every service's log, each under its file name (for a failure report)."""
-        return "\n".join(
-            f"--- {log.name} (last {lines} lines)\n{_tail(log, lines)}"
-            for log in sorted(self.path("logs").glob("*.log"))
-        )
+        return "\n".join(f"--- {log.name} (last {lines} lines)\n{tail(log, lines)}" for log in self._logs())
 
-    def down(self) -> None:
-        for name in ("app", "redis", "pgbouncer", "postgres"):
-            self.stop(name)
+    def log_marks(self) -> dict[str, int]:
+        """Where every log ends now: give it to ``logs_since`` for what was written after."""
+        return {str(log): log.stat().st_size for log in self._logs()}
 
-    def destroy(self) -> None:
-        """Stop everything and delete the state directory (data and secrets)."""
-        self.down()
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def logs_since(self, marks: dict[str, int], lines: int = 80) -> str:
+        """What each log got since ``marks`` (at most its last ``lines``), under the log's name."""
+        sections = []
+        for log in self._logs():
+            start = marks.get(str(log), 0)
+            with log.open("rb") as handle:
+                if handle.seek(0, os.SEEK_END) < start:
+                    start = 0  # rotated meanwhile: all of the new file is new
+                handle.seek(start)
+                text = handle.read().decode(errors="replace")
+            if text.strip():
+                new = text.splitlines()
+                cut = f", last {lines} of {len(new)} lines" if len(new) > lines else ""
+                sections.append(f"--- {log.name} (during the test{cut})\n" + "\n".join(new[-lines:]))
+        return "\n".join(sections) or "(no service wrote to its log during the test)"
 
-    def migrate(self) -> None:
-        command = self._app_command("migrate", SHIPPED)
-        log = self.path("logs", "migrate.log")
-        with log.open("ab") as out:
-            result = subprocess.run(command.argv, env=command.env, stdout=out, stderr=out)
-        if result.returncode:
-            raise StackError(f"migrations failed:\n{_tail(log)}")
+    # --- starting services ---------------------------------------------------------------
 
-    def status(self) -> dict[str, int | None]:
-        return {name: self.pid(name) for name in ("postgres", "pgbouncer", "redis", "app")}
-
-    def running_profile(self) -> str | None:
-        marker = self.path("run", "app.profile")
-        return marker.read_text() if self.pid("app") and marker.exists() else None
-
-    # --- processes ----------------------------------------------------------------
-
-    def pid(self, name: str) -> int | None:
-        """The service's PID if the process recorded at start is still that process."""
-        pid_file = self.path("run", f"{name}.pid")
-        try:
-            pid, started = pid_file.read_text().split()
-        except (FileNotFoundError, ValueError):
-            return None
-        return int(pid) if _start_time(int(pid)) == started else None
-
-    def stop(self, name: str, timeout: float = 20.0) -> None:
-        pid = self.pid(name)
-        if pid is not None:
-            # PostgreSQL: SIGINT is "fast shutdown"; the others stop on SIGTERM.
-            os.kill(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.pid(name) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if self.pid(name):
-                os.killpg(pid, signal.SIGKILL)  # its own session: children go too
-                while self.pid(name):
-                    time.sleep(0.1)
-        self.path("run", f"{name}.pid").unlink(missing_ok=True)
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send a signal to a running service (fault injection)."""
-        pid = self.pid(name)
-        if pid is None:
-            raise StackError(f"{name} is not running")
-        os.kill(pid, sig)
-
-    def _start(self, name: str, command: "Command", ready) -> None:
-        if self.pid(name) is None:
-            log = self.path("logs", f"{name}.log")
-            with log.open("ab") as out:
-                process = subprocess.Popen(
-                    command.argv,
-                    env=command.env,
-                    stdin=subprocess.DEVNULL,
-                    # The state directory, not the caller's: the service user may not
-                    # be able to enter a private checkout (find, for one, then fails).
-                    cwd=self.dir,
-                    stdout=out,
-                    stderr=out,
-                    start_new_session=True,  # its own process group, stopped as one
-                    user=command.user,
-                    group=command.group,
-                    extra_groups=[] if command.user is not None else None,
-                )
-            pid_file = self.path("run", f"{name}.pid")
-            pid_file.write_text(f"{process.pid} {_start_time(process.pid)}")
+    def _ensure_running(self, each: Service) -> None:
+        info = self.supervisor.info(each.name)
+        if info["statename"] not in ("STARTING", "RUNNING"):
+            self.supervisor.start_program(each.name)
         deadline = time.monotonic() + self.config.start_timeout
-        while not ready():
-            if self.pid(name) is None:
-                raise StackError(f"{name} exited during start-up:\n{_tail(self.path('logs', f'{name}.log'))}")
+        log = self.path("logs", f"{each.name}.log")
+        while not each.ready(self):
+            state = self.supervisor.info(each.name)["statename"]
+            if state in ("BACKOFF", "EXITED", "FATAL", "STOPPED"):
+                self.supervisor.stop(each.name)  # no retries of a start that cannot work
+                raise StackError(f"{each.name} exited during start-up:\n{tail(log)}")
             if time.monotonic() > deadline:
-                raise StackError(
-                    f"{name} not ready after {self.config.start_timeout:g}s:\n"
-                    f"{_tail(self.path('logs', f'{name}.log'))}"
-                )
+                raise StackError(f"{each.name} not ready after {self.config.start_timeout:g}s:\n{tail(log)}")
             time.sleep(0.2)
 
-    # --- set-up -------------------------------------------------------------------
+    def _run_to_completion(self, each: Service) -> None:
+        self.supervisor.start_program(each.name)
+        deadline = time.monotonic() + self.config.start_timeout
+        log = self.path("logs", f"{each.name}.log")
+        while (info := self.supervisor.info(each.name))["statename"] in ("STARTING", "RUNNING"):
+            if time.monotonic() > deadline:
+                self.supervisor.stop(each.name)
+                raise StackError(
+                    f"{each.name} did not finish within {self.config.start_timeout:g}s:\n{tail(log)}"
+                )
+            time.sleep(0.2)
+        if info["statename"] != "EXITED" or info["exitstatus"] != 0:
+            raise StackError(f"{each.name} failed ({info['description']}):\n{tail(log)}")
 
-    def _prepare(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _check_state_dir(self.dir, self.service_user)
-        for sub in ("secrets", "data", "run", "logs", "opt"):
-            self.path(sub).mkdir(parents=True, exist_ok=True)
-        for folder in STAGED:
-            shutil.copytree(PROJECT / folder, self.path("opt", folder), dirs_exist_ok=True)
-        for name in SECRET_NAMES:
-            target = self.secret_file(name)
-            if not target.exists():
-                target.write_text(secrets.token_hex(32))
-                target.chmod(0o600)
-        channel_layer_url = self.secret_file("CHANNEL_LAYER_URL")
-        channel_layer_url.write_text(
-            f"redis://:{self.secret('REDIS_PASSWORD')}@{self.config.host}:{self.config.redis_port}/0"
-        )
-        channel_layer_url.chmod(0o600)
-        if self.service_user is not None:
-            # PostgreSQL, PgBouncer and Redis run as this user and read their secrets.
-            uid, gid = self.service_user.pw_uid, self.service_user.pw_gid
-            owned = [self.dir, *(self.path(sub) for sub in ("secrets", "data", "run", "logs"))]
-            for path in [*owned, *self.path("secrets").iterdir(), *self.path("logs").iterdir()]:
-                os.chown(path, uid, gid)
-            for path in [self.path("opt"), *self.path("opt").rglob("*")]:
-                os.chown(path, uid, gid)
+    def _close_idle_server_connections(self) -> None:
+        if self.pid("pgbouncer") is None:
+            return
+        admin_dsn = self.dsn("pgbouncer_admin", through_pgbouncer=True, dbname="pgbouncer")
+        with psycopg.connect(admin_dsn, autocommit=True, prepare_threshold=None) as admin:
+            admin.execute(f"RECONNECT {APP_DATABASE}", prepare=False)
+            deadline = time.monotonic() + 10
+            while pool_server_connections(app_pool(admin)) and time.monotonic() < deadline:
+                time.sleep(0.2)
 
-    def _service_env(self, **extra: str) -> dict[str, str]:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            **{f"{name}_FILE": str(self.secret_file(name)) for name in SECRET_NAMES},
-        }
-        if self.service_user is not None:
-            env["HOME"] = self.service_user.pw_dir
-        env.update(extra)
-        return env
+    def _record(self, app: AppRun) -> None:
+        record = self.path("run", "app.json")
+        record.write_text(json.dumps({"profile": app.profile.name, "extra_env": dict(app.extra_env)}))
 
-    def _as_service_user(self, argv: list[str], env: dict[str, str]) -> "Command":
+    # --- set-up ------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """The state directory, its secrets and staged folders; as root, the service venv.
+
+        Directories the invoking user writes into are its own; the service user owns
+        only what its processes write (data/, run/<service>/) and its secrets' files.
+        """
         user = self.service_user
-        return Command(argv, env, user.pw_uid if user else None, user.pw_gid if user else None)
-
-    def _postgres_command(self) -> "Command":
-        return self._as_service_user(
-            [str(self.path("opt", "postgres", "entrypoint.sh"))],
-            self._service_env(
-                PGDATA=str(self.path("data", "postgres")),
-                POSTGRES_PORT=str(self.config.postgres_port),
-                POSTGRES_LISTEN_ADDRESSES=self.config.host,
-                POSTGRES_SOCKET_DIR=str(self.path("run")),
-            ),
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if user is not None and not traversable_by(self.dir, user):
+            raise StackError(
+                f"{self.dir} is not traversable by the `{user.pw_name}` user that runs "
+                f"PostgreSQL: set STACK_DIR outside it, e.g. STACK_DIR=/var/lib/chat-stack/demo"
+            )
+        mine = (os.geteuid(), os.getegid())
+        theirs = (user.pw_uid, user.pw_gid) if user else mine
+        _own_dir(self.dir, *mine, 0o755)
+        _own_dir(self.path("secrets"), *mine, 0o711 if user else 0o700)
+        for sub in ("run", "opt"):
+            _own_dir(self.path(sub), *mine, 0o755)
+        _own_dir(self.path("logs"), *mine, 0o750)
+        _own_dir(self.path("data"), *theirs, 0o700)
+        for sub in SERVICE_RUN_DIRS:
+            _own_dir(self.path("run", sub), *theirs, 0o700)
+        for name in SECRET_NAMES:
+            _new_secret(self.secret_file(name), secrets.token_hex(32), theirs)
+        _write_secret(
+            self.secret_file("CHANNEL_LAYER_URL"),
+            f"redis://:{self.secret('REDIS_PASSWORD')}@{self.config.host}:{self.config.redis_port}/0",
+            theirs,
         )
+        self._stage()
+        if user is not None:
+            self._ensure_service_venv()
 
-    def _pgbouncer_command(self) -> "Command":
-        return self._as_service_user(
-            [str(self.path("opt", "pgbouncer", "entrypoint.sh"))],
-            self._service_env(
-                POSTGRES_HOST=self.config.host,
-                POSTGRES_PORT=str(self.config.postgres_port),
-                PGBOUNCER_LISTEN_ADDR=self.config.host,
-                PGBOUNCER_PORT=str(self.config.pgbouncer_port),
-                PGBOUNCER_RUN_DIR=str(self.path("run", "pgbouncer")),
-            ),
-        )
+    def _stage(self) -> None:
+        for folder in STAGED:
+            target = self.path("opt", folder)
+            shutil.copytree(
+                PROJECT / folder,
+                target,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            )
+            for path in [target, *target.rglob("*")]:  # readable, never writable, by the service user
+                executable = path.is_dir() or path.stat().st_mode & stat.S_IXUSR
+                path.chmod(0o755 if executable else 0o644)
 
-    def _redis_command(self) -> "Command":
-        return self._as_service_user(
-            [str(self.path("opt", "redis", "entrypoint.sh"))],
-            self._service_env(
-                REDIS_BIND=self.config.host,
-                REDIS_PORT=str(self.config.redis_port),
-                REDIS_RUN_DIR=str(self.path("run", "redis")),
-            ),
-        )
+    def _ensure_service_venv(self) -> None:
+        """As root: the app's dependencies in a virtualenv of the system's Python, which the
+        service user can run (root's own Python and .venv may live where it cannot)."""
+        venv = self.service_venv
+        done = venv / ".complete"
+        if done.exists():
+            return
+        print(f"building the service user's virtualenv in {venv} (once)", flush=True)
+        shutil.rmtree(venv, ignore_errors=True)  # an interrupted build
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        venv.parent.chmod(0o755)
+        steps = [
+            [SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(venv)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                str(venv / "bin" / "python"),
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-warn-script-location",
+                "-r",
+                str(PROJECT / "app" / "requirements.txt"),
+            ],
+        ]
+        for step in steps:
+            result = subprocess.run(step, capture_output=True, text=True, check=False)
+            if result.returncode:
+                raise StackError(f"{' '.join(step[:4])} failed:\n{result.stderr[-2000:]}")
+        for path in [venv, *venv.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
+        done.touch()
 
-    def app_env(self, profile: Profile) -> dict[str, str]:
-        """The app's environment for a profile: what Compose sets in its app service."""
-        c = self.config
-        db_port = c.pgbouncer_port if profile.through_pgbouncer else c.postgres_port
-        env = {
-            "DJANGO_SECRET_KEY_FILE": str(self.secret_file("DJANGO_SECRET_KEY")),
-            "DJANGO_ALLOWED_HOSTS": f"{c.host},localhost",
-            "DJANGO_HTTPS": "false",  # plain HTTP on loopback; see README before exposing it
-            "DATABASE_URL": f"postgres://chat_app@{c.host}:{db_port}/chat",
-            "DATABASE_PASSWORD_FILE": str(self.secret_file("POSTGRES_APP_PASSWORD")),
-            "DATABASE_CONN_MAX_AGE": str(profile.conn_max_age),
-            "DIRECT_DATABASE_URL": f"postgres://chat_owner@{c.host}:{c.postgres_port}/chat",
-            "DIRECT_DATABASE_PASSWORD_FILE": str(self.secret_file("POSTGRES_OWNER_PASSWORD")),
-            "CHANNEL_LAYER_URL_FILE": str(self.secret_file("CHANNEL_LAYER_URL")),
-        }
-        if profile.pool_max_size is not None:
-            env["DATABASE_POOL_MAX_SIZE"] = str(profile.pool_max_size)
-        return env
 
-    def _app_command(self, action: str, profile: Profile) -> "Command":
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key in ("PATH", "HOME", "LANG", "VIRTUAL_ENV") or key.startswith("CHAT_")
-        }
-        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
-        env.update(self.app_env(profile))
-        env.update(
-            APP_BIND=self.config.host,
-            APP_PORT=str(self.config.app_port),
-            APP_WORKERS=str(self.config.app_workers),
-            APP_RUN_DIR=str(self.path("run")),
-            PYTHONUNBUFFERED="1",
-        )
-        return Command([str(PROJECT / "app" / "entrypoint.sh"), action], env, None, None)
+def _own_dir(path: Path, uid: int, gid: int, mode: int) -> None:
+    """A real directory (never a link) with this owner and mode."""
+    path.mkdir(exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise StackError(f"{path} is not a directory; remove it and start again")
+    os.chown(path, uid, gid, follow_symlinks=False)
+    path.chmod(mode)
 
-    # --- readiness ------------------------------------------------------------------
 
-    def _postgres_ready(self) -> bool:
-        return _query(self.dsn("chat_monitor", through_pgbouncer=False), "SELECT 1")
+def _new_secret(path: Path, value: str, owner: tuple[int, int]) -> None:
+    """Create a secret file, mode 0600 from its first byte, owned by the service user.
 
-    def _pgbouncer_ready(self) -> bool:
-        return _query(self.dsn("pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer"), "SHOW VERSION")
+    An existing one is kept (only its owner is set)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        os.chown(path, *owner, follow_symlinks=False)
+        return
+    with os.fdopen(fd, "w") as out:
+        os.fchown(out.fileno(), *owner)
+        out.write(value)
 
-    def _redis_ready(self) -> bool:
-        import redis
 
-        client = redis.Redis.from_url(self.secret("CHANNEL_LAYER_URL"), socket_timeout=1)
-        try:
-            return client.ping()
-        except redis.RedisError:
+def _write_secret(path: Path, value: str, owner: tuple[int, int]) -> None:
+    """Replace a derived secret (it follows the ports) the same way: new file, 0600, then renamed."""
+    partial = path.with_name(path.name + ".new")
+    partial.unlink(missing_ok=True)
+    _new_secret(partial, value, owner)
+    os.replace(partial, path)
+
+
+def traversable_by(path: Path, user) -> bool:
+    """Whether ``user`` can reach ``path``: every parent searchable by it (owner or others)."""
+    for parent in [path, *path.parents]:
+        info = parent.stat()
+        bit = stat.S_IXUSR if info.st_uid == user.pw_uid else stat.S_IXOTH
+        if not info.st_mode & bit:
             return False
-        finally:
-            client.close()
-
-    def _app_ready(self) -> bool:
-        try:
-            url = f"{self.app_url}/healthz"  # http:// built here, never user input
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
-                return response.status == 200
-        except OSError:
-            return False
-
-
-@dataclass
-class Command:
-    argv: list[str]
-    env: dict[str, str]
-    user: int | None
-    group: int | None
-
-
-def _query(dsn: str, sql: str) -> bool:
-    import psycopg
-
-    try:
-        with psycopg.connect(dsn, autocommit=True) as connection:
-            connection.execute(sql)
-        return True
-    except psycopg.Error:
-        return False
-
-
-def _service_user() -> pwd.struct_passwd | None:
-    """None: run services as the invoking user. As root: the `postgres` system user."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam("postgres")
-    except KeyError:
-        raise StackError(
-            "running as root, PostgreSQL and PgBouncer need an unprivileged user: "
-            "install the postgresql package (it creates `postgres`), e.g. `make deps`"
-        ) from None
-
-
-def default_state_dir() -> Path:
-    """STACK_DIR, else .stack/ in the checkout, else (root, private checkout) /var/lib."""
-    if "STACK_DIR" in os.environ:
-        return Path(os.environ["STACK_DIR"]).resolve()
-    if os.geteuid() != 0 or _traversable_by_others(PROJECT):
-        return PROJECT / ".stack"
-    # Root in a checkout the `postgres` user cannot enter (e.g. under /root or mktemp -d).
-    return Path("/var/lib/chat-stack") / hashlib.sha256(bytes(PROJECT)).hexdigest()[:12]
-
-
-def _traversable_by_others(path: Path) -> bool:
-    return all(parent.stat().st_mode & 0o001 for parent in [path, *path.parents])
-
-
-def _check_state_dir(state_dir: Path, user: pwd.struct_passwd | None) -> None:
-    if user is not None and not _traversable_by_others(state_dir.parent):
-        raise StackError(
-            f"{state_dir.parent} is not traversable by the `{user.pw_name}` user that runs "
-            f"PostgreSQL: set STACK_DIR outside it, e.g. STACK_DIR=/var/lib/chat-stack/demo"
-        )
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot: tells a PID from its reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # exited, waiting to be reaped
-        return None
-    return fields[19]
+    return True
 
 
 def _cmdline(pid: int) -> str:
@@ -446,13 +324,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
     except OSError:
         return ""
-
-
-def _tail(log: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 def profile_named(name: str) -> Profile:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from native.layout import SYSTEM_PATH
 from native.profiles import SHIPPED
 
 GOOD = "0123456789abcdef0123456789abcdef"
@@ -30,7 +31,7 @@ def run_entrypoint(stack, service: str, env: dict[str, str]) -> subprocess.Compl
     user = stack.service_user
     return subprocess.run(
         [str(stack.path("opt", service, "entrypoint.sh"))],
-        env={"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **env},
+        env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8", **env},
         cwd=stack.dir,  # as the stack runs them: the checkout may be closed to the service user
         user=user.pw_uid if user else None,
         group=user.pw_gid if user else None,

@@ -1,0 +1,155 @@
+"""The native stack's services, each declared once: what runs, when it is ready, how it stops.
+
+Each runs through the same entrypoint and config files as its container (the
+service folders, staged under the state directory's opt/), under supervisord
+(native/supervisor.py renders its config from this table). Start order is the
+table's order; each waits for the one before it to be ready. As root, every one
+runs as the unprivileged service user (native/layout.py). supervisord restarts
+a long-running service that exits, as Compose's `restart: unless-stopped` does;
+a one-shot job runs to completion before the next service starts, as Compose's
+`service_completed_successfully` makes the app wait for `migrate`.
+"""
+
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from native.layout import AppRun, Layout
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    command: Callable[[Layout], list[str]]
+    environment: Callable[[Layout, AppRun], dict[str, str]]
+    ready: Callable[[Layout], bool] | None  # None: a one-shot job, done when it exits 0
+    stop_signal: str = "TERM"
+    stop_wait_s: int = 10  # then SIGKILL to its process group
+
+    @property
+    def one_shot(self) -> bool:
+        return self.ready is None
+
+
+# --- readiness ---------------------------------------------------------------------------
+
+
+def _query(dsn: str, sql: str) -> bool:
+    try:
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as connection:
+            connection.execute(sql, prepare=False)
+        return True
+    except psycopg.Error:
+        return False
+
+
+def postgres_ready(layout: Layout) -> bool:
+    return _query(layout.dsn("chat_monitor", through_pgbouncer=False), "SELECT 1")
+
+
+def pgbouncer_ready(layout: Layout) -> bool:
+    return _query(layout.dsn("pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer"), "SHOW VERSION")
+
+
+def redis_ready(layout: Layout) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(layout.secret("CHANNEL_LAYER_URL"), socket_timeout=1)
+    try:
+        return client.ping()
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def app_ready(layout: Layout) -> bool:
+    """/healthz is 200: a query made the round trip through PgBouncer."""
+    try:
+        url = f"{layout.app_url}/healthz"  # http:// built here, never user input
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+            return response.status == 200
+    except OSError:
+        return False
+
+
+# --- environments --------------------------------------------------------------------------
+
+
+def _entrypoint(folder: str, *args: str) -> Callable[[Layout], list[str]]:
+    return lambda layout: [str(layout.path("opt", folder, "entrypoint.sh")), *args]
+
+
+def _app_environment(layout: Layout, app: AppRun) -> dict[str, str]:
+    c = layout.config
+    return layout.service_env(
+        **layout.app_env(app.profile, dict(app.extra_env)),
+        APP_BIND=c.host,
+        APP_PORT=str(c.app_port),
+        APP_WORKERS=str(c.app_workers),
+        APP_RUN_DIR=str(layout.path("run", "app")),
+        PYTHONUNBUFFERED="1",
+        # The staged code is read-only to the service user.
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+
+
+SERVICES = (
+    Service(
+        "postgres",
+        _entrypoint("postgres"),
+        lambda layout, _app: layout.service_env(
+            PGDATA=str(layout.path("data", "postgres")),
+            POSTGRES_PORT=str(layout.config.postgres_port),
+            POSTGRES_LISTEN_ADDRESSES=layout.config.host,
+            POSTGRES_SOCKET_DIR=str(layout.path("run", "postgres")),
+        ),
+        postgres_ready,
+        stop_signal="INT",  # fast shutdown: roll back, checkpoint, exit
+        stop_wait_s=30,
+    ),
+    Service(
+        "pgbouncer",
+        _entrypoint("pgbouncer"),
+        lambda layout, _app: layout.service_env(
+            POSTGRES_HOST=layout.config.host,
+            POSTGRES_PORT=str(layout.config.postgres_port),
+            PGBOUNCER_LISTEN_ADDR=layout.config.host,
+            PGBOUNCER_PORT=str(layout.config.pgbouncer_port),
+            PGBOUNCER_RUN_DIR=str(layout.path("run", "pgbouncer")),
+        ),
+        pgbouncer_ready,
+    ),
+    Service(
+        "redis",
+        _entrypoint("redis"),
+        lambda layout, _app: layout.service_env(
+            REDIS_BIND=layout.config.host,
+            REDIS_PORT=str(layout.config.redis_port),
+            REDIS_RUN_DIR=str(layout.path("run", "redis")),
+        ),
+        redis_ready,
+    ),
+    # Migrations straight to PostgreSQL as the schema owner, never through the pooler.
+    Service("migrate", _entrypoint("app", "migrate"), _app_environment, None),
+    Service(
+        "app",
+        _entrypoint("app", "serve"),
+        _app_environment,
+        app_ready,
+        # Longer than app/supervisord.conf's stopwaitsecs, so the inner supervisord
+        # stops its Daphne processes itself.
+        stop_wait_s=20,
+    ),
+)
+SERVICE_NAMES = tuple(service.name for service in SERVICES)
+LONG_RUNNING = tuple(service.name for service in SERVICES if not service.one_shot)
+
+
+def service(name: str) -> Service:
+    for candidate in SERVICES:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(f"no service {name!r}; the stack has {', '.join(SERVICE_NAMES)}")
