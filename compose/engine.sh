@@ -11,6 +11,9 @@
 #                          started it, and undo what it changed on the host
 #   engine.sh base-image   build BASE_IMAGE (debian:trixie-slim) with debootstrap
 #                          when the engine lacks it; the root filesystem is cached
+#   engine.sh compose-v2   fetch Debian 13's Compose v2 (`docker compose`) into the
+#                          cache, without touching the host's package sources; prints
+#                          the DOCKER_CONFIG directory that holds it as a CLI plugin
 #   engine.sh run CMD...   start, run CMD with DOCKER_HOST exported, stop whatever happens
 #
 # The private engine keeps its images (the cache) under CHAT_ENGINE_DATA and its
@@ -387,6 +390,35 @@ EOF
   log "cached $tarball ($(du -h "$tarball" | cut -f1))"
 }
 
+# --- Compose v2 -------------------------------------------------------------------------
+
+# Debian 12 ships Compose 1.29 (docker-compose); Debian 13's docker-compose package is
+# Compose v2, a Go binary that needs only libc. It is fetched with an apt state of its
+# own (the host's mirror and keyring, suite trixie), so the host's sources stay as they
+# are, and installed as a CLI plugin in a DOCKER_CONFIG directory of its own.
+compose_v2() {
+  local dir=$cache_dir/compose-v2
+  local plugin=$dir/docker-config/cli-plugins/docker-compose
+  if [[ ! -x $plugin ]]; then
+    local apt=$dir/apt
+    rm -rf "$apt" "$dir/unpacked"
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/sources"
+    : >"$apt/status"
+    printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: %s\n' \
+      "$debian_mirror" /usr/share/keyrings/debian-archive-keyring.gpg >"$apt/sources/trixie.sources"
+    local options=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt/sources"
+      -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "Dir::State::status=$apt/status"
+      -o APT::Sandbox::User=root)
+    log "fetching Compose v2 (Debian 13's docker-compose) into $dir"
+    apt-get "${options[@]}" -qq update >&2
+    (cd "$apt/cache/archives" && apt-get "${options[@]}" -qq download docker-compose >&2)
+    dpkg-deb -x "$(compgen -G "$apt/cache/archives/docker-compose_*.deb")" "$dir/unpacked"
+    install -D -m 0755 "$dir/unpacked/usr/libexec/docker/cli-plugins/docker-compose" "$plugin"
+    rm -rf "$apt" "$dir/unpacked"
+  fi
+  echo "$dir/docker-config"
+}
+
 # --- main --------------------------------------------------------------------------
 
 case ${1:-} in
@@ -397,6 +429,7 @@ case ${1:-} in
     export DOCKER_HOST=${DOCKER_HOST:-$private_host}
     build_base_image
     ;;
+  compose-v2) compose_v2 ;;
   run)
     shift
     (($#)) || die "usage: $0 run COMMAND [ARGS...]"
@@ -407,7 +440,7 @@ case ${1:-} in
     "$@"
     ;;
   *)
-    echo "usage: $0 install|start|stop|base-image|run COMMAND..." >&2
+    echo "usage: $0 install|start|stop|base-image|compose-v2|run COMMAND..." >&2
     exit 2
     ;;
 esac

@@ -12,8 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from native.layout import Config, default_state_dir
 from native.profiles import SHIPPED
-from native.stack import Config, Stack, default_state_dir
+from native.stack import Stack
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "app"))
@@ -47,13 +48,23 @@ def stack():
         stack.destroy()
 
 
+LOG_MARKS = pytest.StashKey[dict]()
+
+
+@pytest.fixture(autouse=True)
+def _mark_service_logs(request):
+    """Where each service log ends as a test that uses the stack starts: its failure
+    report then carries what the services logged during that test, and nothing older."""
+    if "stack" in request.fixturenames:
+        request.node.stash[LOG_MARKS] = request.getfixturevalue("stack").log_marks()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failed test that used the stack shows the end of the stack's logs in its report."""
     report = yield
-    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
-    if report.failed and isinstance(stack, Stack):
-        report.sections.append(("stack logs", stack.log_tails()))
+    stack = getattr(item, "funcargs", {}).get("stack")
+    if report.failed and isinstance(stack, Stack) and LOG_MARKS in item.stash:
+        report.sections.append(("service logs during the test", stack.logs_since(item.stash[LOG_MARKS])))
     return report
 
 
@@ -73,7 +84,7 @@ def django_app(stack):
 @pytest.fixture
 def room(stack) -> str:
     """A fresh room for one test, so tests never see each other's messages."""
-    from loadtest.client import ChatHttp
+    from probes.chat import ChatHttp
 
     slug = f"t-{uuid.uuid4().hex[:12]}"
     ChatHttp(stack.app_url).ensure_room(slug)

@@ -35,6 +35,8 @@ PROJECT_NAME = f"chattest{OFFSET or ''}"
 LOCK_FILE = Path("/run/lock/chat-compose-test.lock")
 LOCK_WAIT_S = 1200
 LONG_RUNNING = ("postgres", "pgbouncer", "redis", "app")
+# What the test keeps for a reader: Compose v2's `up --wait` output (README, "Docker Compose").
+RESULTS = PROJECT / "results" / "compose-test"
 BUILD_TIMEOUT_S = 1200
 UP_TIMEOUT_S = 240
 TIMINGS: dict[str, float] = {}
@@ -174,6 +176,7 @@ class ComposeStack:
         ).stdout.strip()
 
     def print_diagnostics(self, out) -> None:
+        """What a failed bring-up needs: every container's state and the end of its log."""
         for args in (("ps", "--all"), ("logs", "--no-color", "--tail", "80")):
             result = self.compose(*args, profile=True, check=False, timeout=60)
             print(
@@ -184,16 +187,44 @@ class ComposeStack:
                 file=out,
             )
 
+    def logs_since(self, since: str, lines: int = 80) -> str:
+        """What every container of the project logged since ``since`` (an RFC 3339 time)."""
+        ids = self.docker(
+            "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={PROJECT_NAME}"
+        ).stdout.split()
+        sections = []
+        for container in ids:
+            name = self.docker("inspect", "--format", "{{.Name}}", container, check=False).stdout.strip("/\n")
+            result = self.docker(
+                "logs", "--since", since, "--tail", str(lines), "--timestamps", container, check=False
+            )
+            text = (result.stdout + result.stderr).strip()
+            if text:
+                sections.append(f"--- {name} (during the test, at most its last {lines} lines)\n{text}")
+        return "\n".join(sections) or "(no container logged anything during the test)"
 
-def detect_compose(env: dict[str, str]) -> tuple[list[str], str]:
-    """Compose v2 (`docker compose`) when the engine's client has it, else docker-compose."""
-    for command in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(command[0]) is None:
-            continue
-        result = run([*command, "version", "--short"], timeout=30, env=env, check=False)
-        if result.returncode == 0 and result.stdout.strip():
-            return command, result.stdout.strip().lstrip("v")
-    raise AssertionError("no Docker Compose: `compose/engine.sh install` installs Debian's")
+
+# The Compose implementations the stack is tested with: Compose v2 (`docker compose`,
+# the README's commands; Debian 13's package, fetched by `engine.sh compose-v2`) and
+# Compose 1.29 (`docker-compose`, Debian 12's package).
+COMPOSE_VERSIONS = {"v2": ["docker", "compose"], "1.29": ["docker-compose"]}
+
+
+def compose_command(variant: str, env: dict[str, str]) -> tuple[list[str], str, dict[str, str]]:
+    """(command, version, environment) of one Compose implementation; skips when it is missing."""
+    import pytest
+
+    command = COMPOSE_VERSIONS[variant]
+    if variant == "v2":
+        docker_config = run([ENGINE, "compose-v2"], timeout=300, env=env).stdout.strip()
+        env = {**env, "DOCKER_CONFIG": docker_config}
+    if shutil.which(command[0]) is None:
+        pytest.skip(f"{' '.join(command)} is not installed")
+    result = run([*command, "version", "--short"], timeout=30, env=env, check=False)
+    version = result.stdout.strip().lstrip("v")
+    if result.returncode or version.startswith("1.") != (variant == "1.29"):
+        pytest.skip(f"{' '.join(command)} is not Compose {variant} here: {result.stdout}{result.stderr}")
+    return command, version, env
 
 
 def write_env_file(path: Path) -> dict[str, str]:

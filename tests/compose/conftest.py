@@ -8,24 +8,29 @@ import fcntl
 import os
 import sys
 import time
+from datetime import UTC, datetime
 
 import pytest
 from compose_harness import (
     APP_PORT,
     BUILD_TIMEOUT_S,
+    COMPOSE_VERSIONS,
     ENGINE,
     LOCK_FILE,
     LOCK_WAIT_S,
     LOCUST_PORT,
+    RESULTS,
     TIMINGS,
     UP_TIMEOUT_S,
     ComposeStack,
-    detect_compose,
+    compose_command,
     port_is_free,
     run,
     wait_until_healthy,
     write_env_file,
 )
+
+STARTED_AT = pytest.StashKey[str]()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -70,12 +75,13 @@ def compose_engine(tmp_path_factory):
             run([ENGINE, "stop"], timeout=180, check=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=list(COMPOSE_VERSIONS))
 def compose_stack(request, compose_engine, tmp_path_factory):
-    """The stack built and up under PROJECT_NAME; always `down -v` afterwards."""
-    command, version = detect_compose(compose_engine)
+    """The stack built and up under PROJECT_NAME, once per Compose implementation; always
+    `down -v` afterwards. Compose v2's `up --wait` output is kept in RESULTS (the README's)."""
+    command, version, env = compose_command(request.param, compose_engine)
     env_file = tmp_path_factory.mktemp("compose") / "test.env"
-    stack = ComposeStack(command, version, compose_engine, env_file)
+    stack = ComposeStack(command, version, env, env_file)
     stack.secrets = write_env_file(env_file)
     # Whatever an interrupted session left under this project name.
     stack.compose("down", "--volumes", "--remove-orphans", profile=True, check=False)
@@ -88,7 +94,11 @@ def compose_stack(request, compose_engine, tmp_path_factory):
         TIMINGS["build images"] = time.monotonic() - started
         started = time.monotonic()
         if stack.v2:
-            stack.compose("up", "--detach", "--wait", timeout=UP_TIMEOUT_S)
+            up = stack.compose("up", "--detach", "--wait", timeout=UP_TIMEOUT_S)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "up-wait.txt").write_text(
+                f"$ docker compose up --detach --wait    # Compose {version}\n{up.stderr}{up.stdout}"
+            )
         else:
             stack.compose("up", "--detach", timeout=UP_TIMEOUT_S)
             wait_until_healthy(stack, UP_TIMEOUT_S)
@@ -98,10 +108,27 @@ def compose_stack(request, compose_engine, tmp_path_factory):
     finally:
         capture = request.config.pluginmanager.getplugin("capturemanager")
         with capture.global_and_fixture_disabled():
-            if failed_during_setup or request.session.testsfailed:
+            if failed_during_setup:  # a failed test carries its own window of the logs
                 stack.print_diagnostics(sys.stderr)
             started = time.monotonic()
             stack.compose("down", "--volumes", "--remove-orphans", profile=True, check=False, timeout=180)
             TIMINGS["down -v"] = time.monotonic() - started
             summary = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in TIMINGS.items())
             print(f"\ncompose test ({' '.join(command)} {version}): {summary}", file=sys.stderr)
+            TIMINGS.clear()
+
+
+@pytest.fixture(autouse=True)
+def _mark_container_logs(request):
+    """When a Compose test starts: its failure report carries the containers' logs from then on."""
+    if "compose_stack" in request.fixturenames:
+        request.node.stash[STARTED_AT] = datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    stack = getattr(item, "funcargs", {}).get("compose_stack")
+    if report.failed and isinstance(stack, ComposeStack) and STARTED_AT in item.stash:
+        report.sections.append(("container logs during the test", stack.logs_since(item.stash[STARTED_AT])))
+    return report
