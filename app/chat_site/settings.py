@@ -160,12 +160,11 @@ if env.str("DIRECT_DATABASE_URL", default=""):
 #
 # Redis pub/sub by default: a broadcast is one PUBLISH that each process fans out
 # to its own members, and membership lives in the process, so it ends with it.
-# `make bench` measured 1.25-1.34x the messages/s of channels_redis' list-based "core"
-# layer in four runs (1,057 against 846 in the last; 2 Daphne processes, 2 cores).
-# At 1,000 users the core layer also ran out of its per-process Redis pool (redis-py
-# 8 caps it at 100 connections) when many members joined or left at once: consumers
-# crashed ("Too many connections") and left dead members in their groups for
-# group_expiry (a day). Pub/sub is at-most-once (the layer's README calls it
+# It is faster than channels_redis' list-based "core" layer (`make bench` measures
+# both: config pooled-djangopool+core-layer; the README has the figures). The core
+# layer also runs out of its per-process Redis pool (redis-py 8 caps it) when many
+# members join or leave at once: consumers crash ("Too many connections") and leave
+# dead members in their groups for group_expiry (a day). Pub/sub is at-most-once (the layer's README calls it
 # beta): a member whose Redis connection drops misses broadcasts meanwhile;
 # messages are in PostgreSQL either way, and history fills the gap.
 # CHANNEL_LAYER_BACKEND=core switches back.
