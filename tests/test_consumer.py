@@ -144,6 +144,18 @@ async def test_a_flood_is_rate_limited_and_only_acknowledged_messages_are_stored
     await socket.disconnect()
 
 
+async def test_messages_without_a_client_id_are_never_deduplicated(application, room, owner_db):
+    socket = await connected(application, room)
+    await socket.send_json_to({"type": "message", "text": "no id"})
+    first = await socket.receive_json_from(timeout=5)
+    second = await post(socket, "no id", "")
+    assert first == {"type": "ack", "id": first["id"], "client_id": ""}
+    assert second == {"type": "ack", "id": second["id"], "client_id": ""}
+    assert first["id"] != second["id"]
+    assert stored_count(owner_db, room) == 2
+    await socket.disconnect()
+
+
 FIELD_NAMES = ["type", "text", "limit", "client_id", "x"]
 
 

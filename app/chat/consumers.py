@@ -105,12 +105,19 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def post(self, text: str, client_id: str):
         try:
-            message = await add_message(self.room.id, self.author, text, client_id)
+            message, duplicate = await add_message(self.room.id, self.author, text, client_id)
         except DatabaseError:
             logger.warning("message insert failed in room %s", self.room.slug, exc_info=True)
             raise ProtocolError("unavailable", UNAVAILABLE, client_id) from None
+        ack = {"type": "ack", "id": message.id, "client_id": client_id}
+        if duplicate:
+            # A resend of a message stored before (its ack was lost, or it got `unavailable`):
+            # answer with the original id and broadcast nothing; the members were sent it
+            # when it was stored (and `history` has it).
+            await self.send_frame({**ack, "duplicate": True})
+            return
         # The row is committed: acknowledge, then tell every member (the sender too).
-        await self.send_frame({"type": "ack", "id": message.id, "client_id": client_id})
+        await self.send_frame(ack)
         await self.channel_layer.group_send(
             self.group, {"type": "chat.message", "message": {"type": "message", **message.as_dict()}}
         )
