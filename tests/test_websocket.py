@@ -87,7 +87,7 @@ def test_a_flooding_client_is_rate_limited_while_others_are_served(stack, room, 
         flooder.send({"type": "message", "text": f"flood {n}", "client_id": f"f{n}"})
     ack = bystander.post("still served", "b1")
     assert ack["type"] == "ack"
-    acks, limited = 0, 0
+    acks, limited, answered = 0, 0, []
     while acks + limited < 300:
         frame = flooder.receive()
         if frame["type"] == "ack":
@@ -95,7 +95,10 @@ def test_a_flooding_client_is_rate_limited_while_others_are_served(stack, room, 
         elif frame["type"] == "error":
             assert frame["code"] == "rate_limited"
             limited += 1
+        if frame["type"] in ("ack", "error"):
+            answered.append(frame["client_id"])
     assert limited > 0
+    assert sorted(answered) == sorted(f"f{n}" for n in range(300))  # each frame answered once, by name
     stored = owner_db.execute(
         "SELECT count(*) FROM chat_message m JOIN chat_room r ON r.id = m.room_id "
         "WHERE r.slug = %s AND m.author = 'flooder'",
