@@ -23,7 +23,13 @@ find_room = database_sync_to_async(store.find_room)
 add_message = database_sync_to_async(store.add_message)
 latest_messages = database_sync_to_async(store.latest_messages)
 
-UNAVAILABLE = "the database is unavailable; nothing was stored, send it again"
+UNAVAILABLE = "the database is unavailable; try again later"
+# The INSERT may have committed before the connection broke (PgBouncer or PostgreSQL
+# restarted mid-statement), so the server cannot say it was not stored. A resend
+# with the same client_id is safe: it is stored at most once.
+UNAVAILABLE_MESSAGE = (
+    "the database is unavailable; the message may not have been stored: send it again with the same client_id"
+)
 
 # An error names the client_id of a refused frame of up to this many times CHAT_MAX_FRAME_BYTES.
 PEEK_FRAME_FACTOR = 8
@@ -129,7 +135,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             message, duplicate = await add_message(self.room.id, self.author, text, client_id)
         except DatabaseError:
             logger.warning("message insert failed in room %s", self.room.slug, exc_info=True)
-            raise ProtocolError("unavailable", UNAVAILABLE, client_id) from None
+            raise ProtocolError("unavailable", UNAVAILABLE_MESSAGE, client_id) from None
         ack = {"type": "ack", "id": message.id, "client_id": client_id}
         if duplicate:
             # A resend of a message stored before (its ack was lost, or it got `unavailable`):
