@@ -144,6 +144,77 @@ async def test_a_flood_is_rate_limited_and_only_acknowledged_messages_are_stored
     await socket.disconnect()
 
 
+async def test_every_answer_to_a_flood_names_its_frame(application, room, owner_db, django_app):
+    socket = await connected(application, room)
+    sent = [f"flood-{n}" for n in range(django_app.CHAT_RATE_BURST * 2)]
+    for client_id in sent:
+        await socket.send_json_to({"type": "message", "text": client_id, "client_id": client_id})
+    acked, limited = [], []
+    while len(acked) + len(limited) < len(sent):
+        frame = await socket.receive_json_from(timeout=10)
+        if frame["type"] == "ack":
+            acked.append(frame["client_id"])
+        elif frame["type"] == "error":
+            assert frame["code"] == "rate_limited"
+            limited.append(frame["client_id"])
+    assert limited
+    assert sorted(acked + limited) == sorted(sent)  # each frame answered once, by its client_id
+    stored = owner_db.execute(
+        "SELECT m.client_id FROM chat_message m JOIN chat_room r ON r.id = m.room_id WHERE r.slug = %s",
+        [room],
+    ).fetchall()
+    assert sorted(row[0] for row in stored) == sorted(acked)  # a refused frame left nothing behind
+    await socket.disconnect()
+
+
+FRAMES_NAMING_A_CLIENT_ID = [
+    ('{"type": "message", "text": "   ", "client_id": "c-7"}', "invalid_frame", "c-7"),
+    ('{"type": "message", "client_id": "c-7"}', "invalid_frame", "c-7"),
+    ('{"type": "message", "text": 42, "client_id": "c-7"}', "invalid_frame", "c-7"),
+    ('{"type": "message", "text": "hi", "client_id": "c-7", "extra": 1}', "invalid_frame", "c-7"),
+    ('{"text": "hi", "client_id": "c-7"}', "invalid_frame", "c-7"),
+    ('{"type": "shout", "text": "hi", "client_id": "c-7"}', "unknown_type", "c-7"),
+    ('{"type": "history", "client_id": "c-7"}', "invalid_frame", "c-7"),
+    ('{"type": "message", "text": "' + "x" * 2001 + '", "client_id": "c-7"}', "invalid_frame", "c-7"),
+    ('{"type": "message", "text": "' + "x" * 9000 + '", "client_id": "c-7"}', "frame_too_large", "c-7"),
+    (b'{"type": "message", "text": "hi", "client_id": "c-7"}', "binary_not_supported", "c-7"),
+    # Frames whose client_id cannot be read: the error goes out without one.
+    ('{"type": "message", "text": "hi", "client_id": "c-7"', "invalid_json", None),
+    ('[{"client_id": "c-7"}]', "invalid_frame", None),
+    ('{"type": "message", "text": "hi", "client_id": 7}', "invalid_frame", None),
+    ('{"type": "message", "text": "hi", "client_id": "' + "x" * 65 + '"}', "invalid_frame", None),
+    ('{"type": "message", "text": "   ", "client_id": ""}', "invalid_frame", None),
+    ("[" * 30_000 + "]" * 30_000, "frame_too_large", None),  # too deep for json.loads
+    # Oversized beyond 8 times CHAT_MAX_FRAME_BYTES: not parsed for its client_id.
+    ('{"type": "message", "text": "' + "x" * 70_000 + '", "client_id": "c-7"}', "frame_too_large", None),
+]
+
+
+@pytest.mark.parametrize(("raw", "code", "client_id"), FRAMES_NAMING_A_CLIENT_ID)
+async def test_an_error_about_a_frame_carries_its_client_id_when_it_has_one(
+    application, room, owner_db, raw, code, client_id
+):
+    socket = await connected(application, room)
+    await socket.send_input({"type": "websocket.receive", "bytes" if isinstance(raw, bytes) else "text": raw})
+    error = await socket.receive_json_from(timeout=5)
+    assert (error["type"], error["code"]) == ("error", code)
+    assert error.get("client_id") == client_id
+    assert stored_count(owner_db, room) == 0
+    await socket.disconnect()
+
+
+async def test_messages_without_a_client_id_are_never_deduplicated(application, room, owner_db):
+    socket = await connected(application, room)
+    await socket.send_json_to({"type": "message", "text": "no id"})
+    first = await socket.receive_json_from(timeout=5)
+    second = await post(socket, "no id", "")
+    assert first == {"type": "ack", "id": first["id"], "client_id": ""}
+    assert second == {"type": "ack", "id": second["id"], "client_id": ""}
+    assert first["id"] != second["id"]
+    assert stored_count(owner_db, room) == 2
+    await socket.disconnect()
+
+
 FIELD_NAMES = ["type", "text", "limit", "client_id", "x"]
 
 
@@ -174,7 +245,19 @@ def test_fuzzed_frames_never_break_the_consumer(application, room, frame):
         assert reply["type"] in {"error", "ack", "history", "message"}
         if reply["type"] == "error":
             assert isinstance(reply["code"], str) and reply["message"]
+        if reply["type"] in ("error", "ack") and (client_id := readable_client_id(frame)):
+            assert reply["client_id"] == client_id
         assert (await post(socket, "after fuzz", "after"))["type"] == "ack"
         await socket.disconnect()
 
     async_to_sync(exchange)()
+
+
+def readable_client_id(frame: str | bytes) -> str:
+    """The client_id the protocol promises to echo: a JSON object's string of at most 64 characters."""
+    try:
+        parsed = json.loads(frame)
+    except ValueError:
+        return ""
+    client_id = parsed.get("client_id") if isinstance(parsed, dict) else None
+    return client_id if isinstance(client_id, str) and len(client_id) <= 64 else ""

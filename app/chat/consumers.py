@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from chat import store
-from chat.protocol import CloseCode, HistoryRequest, ProtocolError, parse_author, parse_frame
+from chat.protocol import CloseCode, HistoryRequest, ProtocolError, parse_author, parse_frame, peek_client_id
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,16 @@ find_room = database_sync_to_async(store.find_room)
 add_message = database_sync_to_async(store.add_message)
 latest_messages = database_sync_to_async(store.latest_messages)
 
-UNAVAILABLE = "the database is unavailable; nothing was stored, send it again"
+UNAVAILABLE = "the database is unavailable; try again later"
+# The INSERT may have committed before the connection broke (PgBouncer or PostgreSQL
+# restarted mid-statement), so the server cannot say it was not stored. A resend
+# with the same client_id is safe: it is stored at most once.
+UNAVAILABLE_MESSAGE = (
+    "the database is unavailable; the message may not have been stored: send it again with the same client_id"
+)
+
+# An error names the client_id of a refused frame of up to this many times CHAT_MAX_FRAME_BYTES.
+PEEK_FRAME_FACTOR = 8
 
 
 class TokenBucket:
@@ -87,6 +96,24 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self.send_frame(error.frame())
 
     def check(self, text_data, bytes_data):
+        """The valid frame, or ProtocolError naming the frame's client_id whenever it has one.
+
+        The id is read only once a frame is refused (by size, rate or validation),
+        so a frame that passes is parsed once; a refused frame is dropped either way.
+        An oversized frame is parsed for its id up to PEEK_FRAME_FACTOR times the
+        limit (64 KiB by default: at most a few ms of parsing), not up to Daphne's
+        1 MiB, where a frame of small tokens costs ~50 ms of this event loop.
+        """
+        try:
+            return self._check(text_data, bytes_data)
+        except ProtocolError as error:
+            error.client_id = peek_client_id(
+                text_data if text_data is not None else bytes_data,
+                max_length=PEEK_FRAME_FACTOR * settings.CHAT_MAX_FRAME_BYTES,
+            )
+            raise
+
+    def _check(self, text_data, bytes_data):
         if text_data is None:
             raise ProtocolError("binary_not_supported", "send JSON in text frames")
         if len(text_data.encode()) > settings.CHAT_MAX_FRAME_BYTES:
@@ -105,12 +132,19 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def post(self, text: str, client_id: str):
         try:
-            message = await add_message(self.room.id, self.author, text, client_id)
+            message, duplicate = await add_message(self.room.id, self.author, text, client_id)
         except DatabaseError:
             logger.warning("message insert failed in room %s", self.room.slug, exc_info=True)
-            raise ProtocolError("unavailable", UNAVAILABLE, client_id) from None
+            raise ProtocolError("unavailable", UNAVAILABLE_MESSAGE, client_id) from None
+        ack = {"type": "ack", "id": message.id, "client_id": client_id}
+        if duplicate:
+            # A resend of a message stored before (its ack was lost, or it got `unavailable`):
+            # answer with the original id and broadcast nothing; the members were sent it
+            # when it was stored (and `history` has it).
+            await self.send_frame({**ack, "duplicate": True})
+            return
         # The row is committed: acknowledge, then tell every member (the sender too).
-        await self.send_frame({"type": "ack", "id": message.id, "client_id": client_id})
+        await self.send_frame(ack)
         await self.channel_layer.group_send(
             self.group, {"type": "chat.message", "message": {"type": "message", **message.as_dict()}}
         )

@@ -19,6 +19,15 @@ class Message(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["room", "-id"], name="message_room_latest")]
+        constraints = [
+            # client_id is the sender's idempotency key: a resend is stored once. The
+            # partial unique index is built by migration 0002 (concurrently, in SQL).
+            models.UniqueConstraint(
+                fields=["room", "client_id"],
+                condition=~models.Q(client_id=""),
+                name="message_room_client_id_once",
+            )
+        ]
 
     def as_dict(self) -> dict:
         return {

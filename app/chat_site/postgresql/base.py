@@ -3,11 +3,12 @@
 With CONN_HEALTH_CHECKS on, Django hands psycopg_pool its stock check, which sends
 an empty query through PgBouncer before every checkout: a second round trip per
 WebSocket message on the process's one database thread (`make bench` measures
-what it costs: config pooled-djangopool+query-check). Without any check, a PgBouncer restart fails the first query on
-every pooled connection. This check looks at the socket instead: an idle
-connection has nothing to read, and a server that went away (PgBouncer restarted,
-PostgreSQL killed the session) leaves it readable (EOF or an error message). Only
-then does it run the stock check, which discards the dead connection.
+what it costs: config pooled-djangopool+query-check). Without any check, a
+PgBouncer restart fails the first query on every pooled connection. This check
+looks at the socket instead: an idle connection has nothing to read, and a server
+that went away (PgBouncer restarted, PostgreSQL killed the session) leaves it
+readable (EOF or an error message). Only then does it run the stock check, which
+discards the dead connection.
 
 A server that went away for one pooled connection went away for all of them, and
 psycopg_pool waits 1, 2, 4 s between failed checks within one checkout: four
