@@ -4,6 +4,8 @@ Each test runs `make chaos`'s machinery with a small load against the test
 stack and leaves the stack serving again.
 """
 
+import time
+
 import psycopg
 import pytest
 
@@ -111,3 +113,25 @@ def test_with_djangos_stock_check_a_pgbouncer_restart_times_requests_out(stack, 
         connection.pool._check = shipped_check
         connection.pool.check()  # the dead ones the failed checkout did not reach
         connection.pool.resize(min_size=1, max_size=4)
+
+
+def test_after_a_long_pgbouncer_outage_the_pool_connects_at_the_next_request(stack, django_app):
+    """psycopg_pool retries a failed connection after about 1, 2, 4, 8, 16 s: after 17 s
+    without PgBouncer its next try would come some 15 s after PgBouncer is back, and
+    requests meanwhile time out. With reconnect_timeout at the pool's timeout (settings.py)
+    each attempt ends before backing off that far, and the next request starts one at once."""
+    from django.db import OperationalError, connection
+
+    assert connection.pool.reconnect_timeout == connection.pool.timeout
+    stack.stop("pgbouncer")
+    outage_ends = time.monotonic() + 17
+    try:
+        with pytest.raises(OperationalError):
+            connection.ensure_connection()  # the pool's attempts to reconnect start here
+        time.sleep(max(0.0, outage_ends - time.monotonic()))  # the outage itself
+    finally:
+        stack.restart("pgbouncer")
+    with connection.cursor() as cursor:  # one request, within the pool's 5 s timeout
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+    connection.close()

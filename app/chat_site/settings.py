@@ -90,6 +90,7 @@ def _pool_options() -> dict:
     max_size = env.int("DATABASE_POOL_MAX_SIZE", default=4)
     if max_size == 0:
         return {}
+    timeout = env.float("DATABASE_POOL_TIMEOUT", default=5.0)
     return {
         "pool": {
             "min_size": min(env.int("DATABASE_POOL_MIN_SIZE", default=1), max_size),
@@ -97,7 +98,14 @@ def _pool_options() -> dict:
             # Waiting longer than this for a connection (all busy, or PgBouncer down)
             # raises PoolTimeout, which the app reports as "unavailable" instead of
             # hanging. Queries take milliseconds: 5 s of waiting means trouble.
-            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=5.0),
+            "timeout": timeout,
+            # psycopg_pool retries a failed connection after 1, 2, 4, 8, 16 s... for up to
+            # reconnect_timeout (5 minutes by default): after PgBouncer was away for 15 s,
+            # its next try can come 16 s after PgBouncer is back, and every request
+            # meanwhile times out. Ending each attempt once a request would have given up
+            # on it caps the wait at a few seconds: the next request starts a fresh
+            # attempt at once (tests/test_faults.py).
+            "reconnect_timeout": timeout,
         }
     }
 
