@@ -139,9 +139,9 @@ SERVICES = (
         _entrypoint("app", "serve"),
         _app_environment,
         app_ready,
-        # Longer than app/supervisord.conf's stopwaitsecs, so the inner supervisord
-        # stops its Daphne processes itself.
-        stop_wait_s=20,
+        # Longer than app/supervisord.conf's stopwaitsecs (20), so the app's own
+        # supervisord lets its Daphne processes drain, and stops them itself.
+        stop_wait_s=25,
     ),
 )
 SERVICE_NAMES = tuple(service.name for service in SERVICES)

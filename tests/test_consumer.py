@@ -261,3 +261,28 @@ def readable_client_id(frame: str | bytes) -> str:
         return ""
     client_id = parsed.get("client_id") if isinstance(parsed, dict) else None
     return client_id if isinstance(client_id, str) and len(client_id) <= 64 else ""
+
+
+async def test_a_drain_answers_what_was_received_then_what_comes_and_closes_with_1001(
+    application, room, owner_db
+):
+    """What chat_site/graceful_daphne.py asks of a consumer when its process stops."""
+    socket = await connected(application, room)
+    await socket.send_json_to({"type": "message", "text": "before the restart", "client_id": "before"})
+    await socket.send_input({"type": "server.drain"})  # queued behind the message
+    frames = [await socket.receive_json_from(timeout=5) for _ in range(3)]
+    # The broadcast comes through the channel layer, before or after `closing`.
+    answers = [frame for frame in frames if frame["type"] != "message"]
+    assert [frame["type"] for frame in answers] == ["ack", "closing"]
+    assert answers[0]["client_id"] == "before"
+    await socket.send_json_to({"type": "message", "text": "too late", "client_id": "after"})
+    refused = await socket.receive_json_from(timeout=5)
+    assert (refused["type"], refused["code"], refused["client_id"]) == ("error", "going_away", "after")
+    closed = await socket.receive_output(timeout=5)  # once the client has been quiet for a moment
+    assert closed == {"type": "websocket.close", "code": 1001}
+    rows = owner_db.execute(
+        "SELECT m.client_id FROM chat_message m JOIN chat_room r ON r.id = m.room_id WHERE r.slug = %s",
+        [room],
+    ).fetchall()
+    assert rows == [("before",)]
+    await socket.disconnect()

@@ -5,6 +5,7 @@ connection (CONN_MAX_AGE=0: returns it to the pool) after every call, so a
 socket that stays open for hours holds no database connection in between.
 """
 
+import asyncio
 import json
 import logging
 import time
@@ -34,6 +35,12 @@ UNAVAILABLE_MESSAGE = (
 # An error names the client_id of a refused frame of up to this many times CHAT_MAX_FRAME_BYTES.
 PEEK_FRAME_FACTOR = 8
 
+CLOSING = "the server is restarting: it closes this connection shortly (1001); reconnect then"
+GOING_AWAY = "the server is restarting: not stored; send it again with the same client_id after reconnecting"
+# While draining, the socket is closed once the client has sent nothing for this long:
+# a frame already on its way when the client learned of the restart still gets an answer.
+QUIET_S = 0.5
+
 
 class TokenBucket:
     """Allow ``rate`` frames per second on average, ``burst`` at once."""
@@ -55,6 +62,8 @@ class TokenBucket:
 class RoomConsumer(AsyncWebsocketConsumer):
     room = None
     group = None
+    draining = False
+    closer: asyncio.Task | None = None
 
     async def connect(self):
         await self.accept()
@@ -80,10 +89,31 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.send_frame({"type": "ready", "room": self.room.slug, "author": self.author})
 
     async def disconnect(self, code):
+        if self.closer is not None:
+            self.closer.cancel()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
+    async def server_drain(self, event):
+        """The process is stopping (chat_site/graceful_daphne.py).
+
+        Queued behind every frame received so far, so each of those has been answered
+        by now. The client is told; frames still on their way are answered with
+        `going_away` (not stored: send again after reconnecting); once the client has
+        been quiet for QUIET_S, the socket is closed with 1001, going away.
+        """
+        self.draining = True
+        self.last_frame_at = time.monotonic()
+        await self.send_frame({"type": "closing", "message": CLOSING})
+        self.closer = asyncio.ensure_future(self._close_when_quiet())
+
+    async def _close_when_quiet(self):
+        while (quiet_for := self.last_frame_at + QUIET_S - time.monotonic()) > 0:
+            await asyncio.sleep(quiet_for)
+        await self.close(code=int(CloseCode.GOING_AWAY))
+
     async def receive(self, text_data=None, bytes_data=None):
+        self.last_frame_at = time.monotonic()
         if self.room is None:  # refused in connect(); the close is on its way
             return
         try:
@@ -114,6 +144,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
             raise
 
     def _check(self, text_data, bytes_data):
+        if self.draining:
+            raise ProtocolError("going_away", GOING_AWAY)
         if text_data is None:
             raise ProtocolError("binary_not_supported", "send JSON in text frames")
         if len(text_data.encode()) > settings.CHAT_MAX_FRAME_BYTES:

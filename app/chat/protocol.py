@@ -20,12 +20,13 @@ from pydantic import (
 
 
 class CloseCode(IntEnum):
-    """Close codes the server uses: 4000-4999 are for applications, read as 4000 + HTTP status.
+    """Close codes the server uses: RFC 6455's 1001, and 4000 + HTTP status for the application's.
 
-    (RFC 6455's 1013 "try again later" would fit the last one, but Autobahn lets a
-    server send only 1000 or 3000-4999.)
+    (RFC 6455's 1013 "try again later" would fit UNAVAILABLE, but Autobahn lets a
+    server send only 1000 or 3000-4999; 1001 goes out through chat_site/graceful_daphne.py.)
     """
 
+    GOING_AWAY = 1001  # the server process is stopping: reconnect, and resend what was not acknowledged
     BAD_REQUEST = 4400  # the connect URL's parameters are invalid
     ROOM_NOT_FOUND = 4404
     UNAVAILABLE = 4503  # the database is unavailable; reconnect later
