@@ -123,6 +123,7 @@ class ChatSocket:
         url, origin = socket_url(base_url, room, name)
         self.timeout = timeout
         self.seen: Counter = Counter()  # control frames read while waiting ("pings")
+        self.closing = False  # the server said it is restarting: send nothing more here
         deadline = time.monotonic() + timeout
         self.ws = websocket.create_connection(
             url, timeout=timeout, origin=options.pop("origin", origin), **options
@@ -142,7 +143,10 @@ class ChatSocket:
         opcode, payload = receive_frame(self.ws, deadline, self.seen)
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             raise SocketClosed(close_code(payload))
-        return json.loads(payload)
+        frame = json.loads(payload)
+        if frame.get("type") == "closing":
+            self.closing = True
+        return frame
 
     def receive_until(self, frame_type: str) -> dict:
         """The next frame of this type within ``timeout``, skipping others (e.g. broadcasts)."""

@@ -12,26 +12,38 @@ import pytest
 from loadtest import faults
 from probes.chat import ChatHttp, ChatSocket
 
-# What a client may see while a fault lasts; anything else (above all "timeout",
-# a reply that never came) fails the test.
-CLEAR_ERRORS = {
-    "pgbouncer-pause": set(),  # the pause is shorter than query_wait_timeout: clients only wait
-    "pgbouncer-restart": {"unavailable", "connect:unavailable"},
-    "postgres-restart": {"unavailable", "connect:unavailable"},
-    "pool-saturated": {"unavailable", "connect:unavailable"},
-    "daphne-killed": {"connection_dropped", "connect_refused"},
+# What a client may see while a fault lasts, and the close codes its sockets may end
+# with; anything else (above all "timeout", a reply that never came, or a socket that
+# closed with an ack pending during a graceful stop) fails the test.
+EXPECTED = {
+    # The pause is shorter than query_wait_timeout: clients only wait.
+    "pgbouncer-pause": (set(), set()),
+    "pgbouncer-restart": ({"unavailable", "connect:unavailable"}, {"4503"}),
+    "postgres-restart": ({"unavailable", "connect:unavailable"}, {"4503"}),
+    "pool-saturated": ({"unavailable", "connect:unavailable"}, {"4503"}),
+    # SIGKILL: the process's sockets drop with no close frame (1006), their acks pending.
+    "daphne-killed": ({"connection_dropped", "connect_refused"}, {"1006"}),
+    # SIGTERM: every socket of the stopping process closes with 1001, no ack pending.
+    "daphne-rolling-restart": ({"going_away"}, {"1001"}),
+    "app-graceful-restart": ({"going_away", "connect_refused"}, {"1001"}),
 }
+GRACEFUL = {"daphne-rolling-restart", "app-graceful-restart"}
 
 
 @pytest.mark.parametrize("fault", list(faults.FAULTS))
-def test_fault_under_load_loses_no_acknowledged_message(stack, fault):
+def test_under_load_every_message_written_is_stored_exactly_once(stack, fault):
     summary = faults.run(stack, [fault], clients=10, settle_s=2.0)
     assert faults.problems(summary) == []
-    assert summary["acknowledged"] > 0
-    assert summary["lost"] == 0
-    assert summary["persisted"] == summary["acknowledged"]
+    assert summary["sent"] > 0
+    assert summary["stored_exactly_once"] == summary["sent"]
+    assert summary["duplicates"] == summary["lost"] == summary["lost_unacknowledged"] == 0
+    assert summary["acknowledged"] == summary["sent"]
     assert summary["hangs"] == 0
-    assert set(summary["errors_by_kind"]) <= CLEAR_ERRORS[fault]
+    errors, closes = EXPECTED[fault]
+    assert set(summary["errors_by_kind"]) <= errors
+    assert set(summary["close_codes"]) <= closes
+    if fault in GRACEFUL:  # the stopped processes had clients, and each saw 1001
+        assert summary["close_codes"].get("1001", 0) > 0
     assert summary["server_connections_peak"] <= summary["server_connection_bound"]
     assert summary["max_recovery_s"] <= faults.RECOVERY_LIMIT_S
 
