@@ -49,6 +49,8 @@ def stack():
 
 
 LOG_MARKS = pytest.StashKey[dict]()
+# Each phase's report ("setup", "call", "teardown") on its test item, for `failed_so_far`.
+PHASE_REPORTS = pytest.StashKey[dict]()
 
 
 @pytest.fixture(autouse=True)
@@ -62,10 +64,17 @@ def _mark_service_logs(request):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
+    item.stash.setdefault(PHASE_REPORTS, {})[report.when] = report
     stack = getattr(item, "funcargs", {}).get("stack")
     if report.failed and isinstance(stack, Stack) and LOG_MARKS in item.stash:
         report.sections.append(("service logs during the test", stack.logs_since(item.stash[LOG_MARKS])))
     return report
+
+
+@pytest.fixture
+def failed_so_far(request):
+    """Whether this test has failed so far (set-up or call): for a finalizer that saves evidence."""
+    return lambda: any(report.failed for report in request.node.stash.get(PHASE_REPORTS, {}).values())
 
 
 @pytest.fixture(scope="session")
