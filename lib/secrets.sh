@@ -14,15 +14,15 @@ require_secret() {
     value=${!name:-}
   fi
   if [[ -z $value ]]; then
-    echo "error: $name is not set: set it (or $file_var) to a random value, e.g. \`openssl rand -hex 32\`" >&2
+    echo "error: $name is not set: set $file_var to the file that holds it (secrets/generate.py makes them all)" >&2
     return 1
   fi
   if [[ ${value,,} =~ change-?me|placeholder ]]; then
-    echo "error: $name is still a placeholder from .env.example: replace it with a random value" >&2
+    echo "error: $name is still a placeholder: put a random value there, or let secrets/generate.py make one" >&2
     return 1
   fi
   if (( ${#value} < 16 )); then
-    echo "error: $name is shorter than 16 characters: use a random value, e.g. \`openssl rand -hex 32\`" >&2
+    echo "error: $name is shorter than 16 characters: use a random value (secrets/generate.py makes them)" >&2
     return 1
   fi
   printf '%s' "$value"

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Start PgBouncer with this folder's pgbouncer.ini.
+# Start PgBouncer with this folder's pgbouncer.ini and pgbouncer_hba.conf.
 #
-# Writes, into PGBOUNCER_RUN_DIR, the auth_file (from secrets, mode 0600) and a
-# runtime ini that %includes pgbouncer.ini and adds where PostgreSQL is and
-# where to listen; waits (bounded) for PostgreSQL to accept connections; then
-# execs PgBouncer in the foreground.
+# Writes, into PGBOUNCER_RUN_DIR, the auth_file (from secrets, mode 0600), the
+# rendered hba file, and a runtime ini that %includes pgbouncer.ini and adds where
+# PostgreSQL is, where to listen and the TLS files; waits (bounded) for PostgreSQL
+# to accept connections; then execs PgBouncer in the foreground.
 #
 # Used as the container's entrypoint and, unchanged, by the native stack.
-#   POSTGRES_HOST            default postgres
+#   POSTGRES_HOST            default postgres (also the name its certificate must carry)
 #   POSTGRES_PORT            default 5432
 #   PGBOUNCER_LISTEN_ADDR    default *
 #   PGBOUNCER_PORT           default 6432
-#   PGBOUNCER_RUN_DIR        default /run/pgbouncer (runtime ini, auth_file, socket)
+#   PGBOUNCER_RUN_DIR        default /run/pgbouncer (runtime ini, auth_file, hba, socket)
 #   PGBOUNCER_WAIT_SECONDS   default 60: how long to wait for PostgreSQL
-# Secrets (or *_FILE): PGBOUNCER_AUTH_PASSWORD, PGBOUNCER_ADMIN_PASSWORD,
-#   PGBOUNCER_STATS_PASSWORD
+#   PGBOUNCER_APP_CLIENTS, PGBOUNCER_MONITOR_CLIENTS
+#                            where the app and the console's users may log in from
+#   TLS_CERT_FILE, TLS_KEY_FILE  this server's certificate and key (clients must use TLS)
+#   TLS_CA_FILE              the CA PostgreSQL's certificate must come from
+#   (without them, for measuring what TLS costs only: no TLS on either side)
+# Secrets (or *_FILE): PGBOUNCER_AUTH_PASSWORD, and SCRAM verifiers of the console
+#   users' passwords: PGBOUNCER_ADMIN_VERIFIER, PGBOUNCER_STATS_VERIFIER
 set -o errexit -o nounset -o pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,8 +32,23 @@ run_dir=${PGBOUNCER_RUN_DIR:-/run/pgbouncer}
 wait_seconds=${PGBOUNCER_WAIT_SECONDS:-60}
 
 auth_password=$(require_secret PGBOUNCER_AUTH_PASSWORD)
-admin_password=$(require_secret PGBOUNCER_ADMIN_PASSWORD)
-stats_password=$(require_secret PGBOUNCER_STATS_PASSWORD)
+admin_verifier=$(require_secret PGBOUNCER_ADMIN_VERIFIER)
+stats_verifier=$(require_secret PGBOUNCER_STATS_VERIFIER)
+
+tls=()
+connection_type=host
+if [[ -n ${TLS_CERT_FILE:-}${TLS_KEY_FILE:-}${TLS_CA_FILE:-} ]]; then
+  for file in "${TLS_CERT_FILE:?set TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE}" \
+    "${TLS_KEY_FILE:?set TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE}" \
+    "${TLS_CA_FILE:?set TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE}"; do
+    [[ -r $file ]] || { echo "error: $file is not a readable file" >&2; exit 1; }
+  done
+  connection_type=hostssl
+  tls=("client_tls_cert_file = $TLS_CERT_FILE" "client_tls_key_file = $TLS_KEY_FILE"
+    "server_tls_ca_file = $TLS_CA_FILE")
+else
+  tls=("client_tls_sslmode = disable" "server_tls_sslmode = disable")
+fi
 
 # auth_file format: "user" "password", a double quote inside doubled.
 auth_line() { printf '"%s" "%s"\n' "$1" "${2//\"/\"\"}"; }
@@ -37,10 +57,24 @@ mkdir -p "$run_dir"
 umask 077
 {
   auth_line pgbouncer_auth "$auth_password"
-  auth_line pgbouncer_admin "$admin_password"
-  auth_line pgbouncer_stats "$stats_password"
+  auth_line pgbouncer_admin "$admin_verifier"
+  auth_line pgbouncer_stats "$stats_verifier"
 } >"$run_dir/userlist.txt.new"
 mv "$run_dir/userlist.txt.new" "$run_dir/userlist.txt"
+
+# pgbouncer_hba.conf, rendered (see its header).
+while IFS= read -r line; do
+  [[ $line =~ ^HOST[[:space:]] ]] && line=$connection_type${line#HOST}
+  if [[ $line =~ \{([A-Z]+_CLIENTS)\} ]]; then
+    name=PGBOUNCER_${BASH_REMATCH[1]}
+    for address in ${!name:-127.0.0.1/32}; do
+      printf '%s\n' "${line/"{${BASH_REMATCH[1]}}"/$address}"
+    done
+  else
+    printf '%s\n' "$line"
+  fi
+done <"$here/pgbouncer_hba.conf" >"$run_dir/pgbouncer_hba.conf.new"
+mv "$run_dir/pgbouncer_hba.conf.new" "$run_dir/pgbouncer_hba.conf"
 
 # PgBouncer resets its [pgbouncer] settings at every [pgbouncer] header, so the
 # deployment's settings continue the section pgbouncer.ini opens instead of
@@ -52,11 +86,13 @@ chat = host=$pg_host port=$pg_port dbname=chat auth_user=pgbouncer_auth
 
 %include $here/pgbouncer.ini
 
-;; [pgbouncer], continued: where this deployment listens.
+;; [pgbouncer], continued: where this deployment listens, its files.
 listen_addr = ${PGBOUNCER_LISTEN_ADDR:-*}
 listen_port = ${PGBOUNCER_PORT:-6432}
 unix_socket_dir = $run_dir
 auth_file = $run_dir/userlist.txt
+auth_hba_file = $run_dir/pgbouncer_hba.conf
+$(printf '%s\n' "${tls[@]}")
 EOF
 mv "$run_dir/pgbouncer.ini.new" "$run_dir/pgbouncer.ini"
 

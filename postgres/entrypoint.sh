@@ -10,10 +10,14 @@
 #   PGDATA                     data directory (its parent must be writable)
 #   POSTGRES_PORT              default 5432
 #   POSTGRES_LISTEN_ADDRESSES  default '*'
-#   POSTGRES_SOCKET_DIR        default /var/run/postgresql
+#   POSTGRES_SOCKET_DIR        default /var/run/postgresql (also where pg_hba.conf is rendered)
 #   POSTGRES_BIN_DIR           default: the newest /usr/lib/postgresql/*/bin
-# First start only (or *_FILE): POSTGRES_OWNER_PASSWORD, POSTGRES_APP_PASSWORD,
-#   PGBOUNCER_AUTH_PASSWORD, POSTGRES_MONITOR_PASSWORD
+#   POSTGRES_POOLER_CLIENTS, POSTGRES_MIGRATE_CLIENTS, POSTGRES_MONITOR_CLIENTS
+#                              where each role may log in from (pg_hba.conf), default samenet
+#   TLS_CERT_FILE, TLS_KEY_FILE  this server's certificate and key: TLS on, and required
+# First start only (or *_FILE), SCRAM verifiers, not passwords (secrets/generate.py
+#   makes them): POSTGRES_OWNER_VERIFIER, POSTGRES_APP_VERIFIER,
+#   PGBOUNCER_AUTH_VERIFIER, POSTGRES_MONITOR_VERIFIER
 set -o errexit -o nounset -o pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,7 +38,38 @@ if [[ $(id -u) == 0 ]]; then
   exit 1
 fi
 
-server_options=(-c "config_file=$here/postgresql.conf" -c "hba_file=$here/pg_hba.conf" -c "port=$port")
+# pg_hba.conf, rendered (see its header): HOST -> hostssl with TLS, and each
+# {X_CLIENTS} -> one line per address in POSTGRES_X_CLIENTS.
+mkdir -p "$socket_dir"
+hba=$socket_dir/pg_hba.conf
+connection_type=host
+server_options=(-c "config_file=$here/postgresql.conf" -c "hba_file=$hba" -c "port=$port")
+if [[ -n ${TLS_CERT_FILE:-} || -n ${TLS_KEY_FILE:-} ]]; then
+  for file in "${TLS_CERT_FILE:?set TLS_CERT_FILE with TLS_KEY_FILE}" "${TLS_KEY_FILE:?set TLS_KEY_FILE with TLS_CERT_FILE}"; do
+    [[ -r $file ]] || { echo "error: $file is not a readable file" >&2; exit 1; }
+  done
+  connection_type=hostssl
+  server_options+=(-c ssl=on -c "ssl_cert_file=$TLS_CERT_FILE" -c "ssl_key_file=$TLS_KEY_FILE")
+fi
+render_hba() {
+  local line name addresses address
+  while IFS= read -r line; do
+    if [[ $line =~ ^HOST[[:space:]] ]]; then
+      line=$connection_type${line#HOST}
+    fi
+    if [[ $line =~ \{([A-Z]+_CLIENTS)\} ]]; then
+      name=POSTGRES_${BASH_REMATCH[1]}
+      addresses=${!name:-samenet}
+      for address in $addresses; do
+        printf '%s\n' "${line/"{${BASH_REMATCH[1]}}"/$address}"
+      done
+    else
+      printf '%s\n' "$line"
+    fi
+  done <"$here/pg_hba.conf"
+}
+render_hba >"$hba.new"
+mv "$hba.new" "$hba"
 
 initialise() {
   local scratch="$PGDATA.partial"
@@ -46,12 +81,12 @@ initialise() {
   # Exported for the SQL files' \getenv: environment, unlike arguments, is not
   # visible to other users in the process list.
   local owner app auth monitor
-  owner=$(require_secret POSTGRES_OWNER_PASSWORD)
-  app=$(require_secret POSTGRES_APP_PASSWORD)
-  auth=$(require_secret PGBOUNCER_AUTH_PASSWORD)
-  monitor=$(require_secret POSTGRES_MONITOR_PASSWORD)
-  export INIT_OWNER_PASSWORD=$owner INIT_APP_PASSWORD=$app
-  export INIT_PGBOUNCER_AUTH_PASSWORD=$auth INIT_MONITOR_PASSWORD=$monitor
+  owner=$(require_secret POSTGRES_OWNER_VERIFIER)
+  app=$(require_secret POSTGRES_APP_VERIFIER)
+  auth=$(require_secret PGBOUNCER_AUTH_VERIFIER)
+  monitor=$(require_secret POSTGRES_MONITOR_VERIFIER)
+  export INIT_OWNER_VERIFIER=$owner INIT_APP_VERIFIER=$app
+  export INIT_PGBOUNCER_AUTH_VERIFIER=$auth INIT_MONITOR_VERIFIER=$monitor
 
   echo "first start: initialising a new cluster in $PGDATA"
   "$bin_dir/initdb" --pgdata="$scratch" --username="$(id -un)" --encoding=UTF8 \

@@ -12,7 +12,7 @@ PLACEHOLDER = re.compile(r"change-?me|placeholder", re.IGNORECASE)
 def require_secret(env, name: str, min_length: int = 16) -> str:
     """Return the secret named ``name`` (or read from ``name``_FILE), or refuse with the fix."""
     value = env.str(name, default="").strip()  # files usually end with a newline
-    hint = f"set {name} (or {name}_FILE) to a random value, e.g. `openssl rand -hex 32`"
+    hint = f"set {name}_FILE to the file that holds it (secrets/generate.py makes them all)"
     if not value:
         raise ImproperlyConfigured(f"{name} is not set: {hint}")
     if PLACEHOLDER.search(value):

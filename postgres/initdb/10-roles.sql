@@ -1,21 +1,23 @@
 -- Roles and the app's database, with least privilege. Run once, by
 -- postgres/entrypoint.sh, on the first start of an empty data directory, as the
--- superuser, with the passwords in its environment (never stored here).
+-- superuser. Each role gets a SCRAM-SHA-256 verifier (secrets/generate.py computes
+-- it), which PostgreSQL stores as given: the password itself never reaches this
+-- server, and is never stored here.
 \set ON_ERROR_STOP on
-\getenv owner_password INIT_OWNER_PASSWORD
-\getenv app_password INIT_APP_PASSWORD
-\getenv pgbouncer_auth_password INIT_PGBOUNCER_AUTH_PASSWORD
-\getenv monitor_password INIT_MONITOR_PASSWORD
+\getenv owner_verifier INIT_OWNER_VERIFIER
+\getenv app_verifier INIT_APP_VERIFIER
+\getenv pgbouncer_auth_verifier INIT_PGBOUNCER_AUTH_VERIFIER
+\getenv monitor_verifier INIT_MONITOR_VERIFIER
 
 SET password_encryption = 'scram-sha-256';
 
 -- Owns the database and its schema; runs migrations straight to PostgreSQL.
-CREATE ROLE chat_owner LOGIN PASSWORD :'owner_password';
+CREATE ROLE chat_owner LOGIN PASSWORD :'owner_verifier';
 
 -- The app at runtime: reads and writes rows, cannot change the schema.
 -- Membership in pooled_login is what lets PgBouncer's auth_query see its verifier.
 CREATE ROLE pooled_login NOLOGIN;
-CREATE ROLE chat_app LOGIN PASSWORD :'app_password' IN ROLE pooled_login;
+CREATE ROLE chat_app LOGIN PASSWORD :'app_verifier' IN ROLE pooled_login;
 -- Limits for every session of the app role (set at login, so they also hold on
 -- PgBouncer's server connections without a SET through the pooler):
 --   a runaway statement is cancelled, and a transaction left open by a crashed
@@ -24,10 +26,10 @@ ALTER ROLE chat_app SET statement_timeout = '5s';
 ALTER ROLE chat_app SET idle_in_transaction_session_timeout = '10s';
 
 -- PgBouncer's lookup user: may only call pgbouncer.user_lookup().
-CREATE ROLE pgbouncer_auth LOGIN PASSWORD :'pgbouncer_auth_password';
+CREATE ROLE pgbouncer_auth LOGIN PASSWORD :'pgbouncer_auth_verifier';
 
 -- The load test's monitor: reads pg_stat_activity for every role, nothing else.
-CREATE ROLE chat_monitor LOGIN PASSWORD :'monitor_password' IN ROLE pg_monitor;
+CREATE ROLE chat_monitor LOGIN PASSWORD :'monitor_verifier' IN ROLE pg_monitor;
 
 CREATE DATABASE chat OWNER chat_owner ENCODING 'UTF8' TEMPLATE template0;
 REVOKE ALL ON DATABASE chat FROM PUBLIC;
