@@ -101,6 +101,7 @@ def measure_ceiling(stack: Stack, args) -> dict:
             port=stack.config.pgbouncer_port,
             user="chat_app",
             password=stack.secret("POSTGRES_APP_PASSWORD"),
+            ca_file=stack.ca_file if stack.config.tls else None,
             room_id=room_id,
             clients=clients,
             seconds=args.pgbench_seconds,

@@ -33,9 +33,19 @@ def _version_key(path: str) -> tuple[int, ...]:
 
 
 def run(
-    *, host: str, port: int, user: str, password: str, room_id: int, clients: int, seconds: int
+    *,
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    room_id: int,
+    clients: int,
+    seconds: int,
+    ca_file: Path | None = None,
 ) -> dict[str, float]:
-    """One pgbench run; returns tps and average latency (ms)."""
+    """One pgbench run; returns tps and average latency (ms). With ``ca_file``, over TLS,
+    the server's certificate and name checked against it, as the app connects."""
+    tls = {"PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(ca_file)} if ca_file else {"PGSSLMODE": "disable"}
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
         script.write(SCRIPT)
     try:
@@ -61,7 +71,7 @@ def run(
                 f"room={room_id}",
                 "chat",
             ],
-            env={**os.environ, "PGPASSWORD": password},
+            env={**os.environ, "PGPASSWORD": password, **tls},
             capture_output=True,
             text=True,
             timeout=seconds + 60,  # bounded even if pgbench hangs on a dead server

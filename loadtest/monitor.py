@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from probes.connections import (
     APP_ROLE,
@@ -58,10 +59,20 @@ class MonitorDsns:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "MonitorDsns | None":
-        postgres = environ.get("MONITOR_POSTGRES_DSN", "")
+        """MONITOR_POSTGRES_DSN and MONITOR_PGBOUNCER_DSN; each DSN's password may instead be
+        in the file MONITOR_*_PASSWORD_FILE names, so it is in no environment."""
+        postgres = _with_password(environ, "MONITOR_POSTGRES")
         if not postgres:
             return None
-        return cls(postgres, environ.get("MONITOR_PGBOUNCER_DSN") or None)
+        return cls(postgres, _with_password(environ, "MONITOR_PGBOUNCER") or None)
+
+
+def _with_password(environ: Mapping[str, str], prefix: str) -> str:
+    dsn = environ.get(f"{prefix}_DSN", "")
+    password_file = environ.get(f"{prefix}_PASSWORD_FILE", "")
+    if dsn and password_file:
+        dsn = make_conninfo(dsn, password=Path(password_file).read_text().strip())
+    return dsn
 
 
 class ConnectionMonitor:

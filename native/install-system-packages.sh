@@ -14,6 +14,7 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || packages+=(postgre
 command -v pg_isready >/dev/null || packages+=(postgresql-client)
 command -v pgbouncer >/dev/null || packages+=(pgbouncer)
 command -v redis-server >/dev/null || packages+=(redis-server)
+command -v openssl >/dev/null || packages+=(openssl)  # secrets/generate.py: the TLS certificates
 python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
 # As root the services run as `postgres`, the app from a virtualenv of the system's
 # Python (native/layout.py); setpriv (util-linux) drops to that user.

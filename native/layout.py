@@ -2,8 +2,9 @@
 
 The state directory (README, "Native stack"), as laid out by ``Stack.prepare``:
 
-    secrets/   generated secrets: the directory owned by the invoking user, each file
-               by the service user, mode 0600
+    secrets/   made by secrets/generate.py: the originals in store/ (the invoking
+               user's, 0700), and one directory per service (the service user's,
+               0500) with only what that service needs
     data/      PostgreSQL's cluster (the service user's)
     opt/       read-only copies of the service folders, and of app/, that the
                services run from (the checkout may be closed to the service user)
@@ -23,19 +24,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from psycopg.conninfo import make_conninfo
+
 from native.profiles import Profile
 
 PROJECT = Path(__file__).resolve().parent.parent
-SECRET_NAMES = (
-    "DJANGO_SECRET_KEY",
-    "POSTGRES_OWNER_PASSWORD",
-    "POSTGRES_APP_PASSWORD",
-    "POSTGRES_MONITOR_PASSWORD",
-    "PGBOUNCER_AUTH_PASSWORD",
-    "PGBOUNCER_ADMIN_PASSWORD",
-    "PGBOUNCER_STATS_PASSWORD",
-    "REDIS_PASSWORD",
-)
 ROLE_PASSWORDS = {
     "chat_app": "POSTGRES_APP_PASSWORD",
     "chat_owner": "POSTGRES_OWNER_PASSWORD",
@@ -73,6 +66,9 @@ class Config:
     redis_port: int = field(default_factory=lambda: _env_int("REDIS_PORT", 16379))
     app_port: int = field(default_factory=lambda: _env_int("APP_PORT", 8000))
     app_workers: int = field(default_factory=lambda: _env_int("APP_WORKERS", 2))
+    # TLS between the app, PgBouncer, PostgreSQL and Redis. STACK_TLS=off exists to
+    # measure what TLS costs (make bench), not to run without it.
+    tls: bool = field(default_factory=lambda: os.environ.get("STACK_TLS", "on") != "off")
     start_timeout: float = 90.0
 
 
@@ -93,58 +89,95 @@ class Layout:
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
 
-    def secret_file(self, name: str) -> Path:
-        return self.path("secrets", name)
-
     def secret(self, name: str) -> str:
-        return self.secret_file(name).read_text()
+        """An original from the secrets store (the invoking user's)."""
+        return self.path("secrets", "store", name).read_text().strip()
+
+    @property
+    def ca_file(self) -> Path:
+        """The private CA's certificate: what a client of the stack trusts."""
+        return self.path("secrets", "store", "ca.crt")
+
+    def secret_env(self, consumer: str) -> dict[str, str]:
+        """NAME_FILE for every secret in a service's own directory (secrets/generate.py)."""
+        directory = self.path("secrets", consumer)
+        return {f"{path.name}_FILE": str(path) for path in sorted(directory.iterdir()) if path.name.isupper()}
+
+    def tls_env(self, server: str) -> dict[str, str]:
+        """A TLS server's certificate, key and the CA its peers' certificates come from."""
+        if not self.config.tls:
+            return {}
+        directory = self.path("secrets", server)
+        return {
+            "TLS_CERT_FILE": str(directory / f"{server}.crt"),
+            "TLS_KEY_FILE": str(directory / f"{server}.key"),
+            "TLS_CA_FILE": str(directory / "ca.crt"),
+        }
+
+    def tls_query(self, consumer: str) -> str:
+        """A libpq URL's query for a client that checks the server's certificate and name."""
+        if not self.config.tls:
+            return "?sslmode=disable"
+        return f"?sslmode=verify-full&sslrootcert={self.path('secrets', consumer, 'ca.crt')}"
 
     @property
     def app_url(self) -> str:
         return f"http://{self.config.host}:{self.config.app_port}"
 
-    def dsn(self, role: str, *, through_pgbouncer: bool, dbname: str = "chat") -> str:
-        """A libpq connection string for one of the stack's roles."""
+    def dsn(self, role: str, *, through_pgbouncer: bool, dbname: str = "chat", password: bool = True) -> str:
+        """A libpq connection string for one of the stack's roles (TLS, the server checked)."""
         port = self.config.pgbouncer_port if through_pgbouncer else self.config.postgres_port
-        return (
-            f"host={self.config.host} port={port} dbname={dbname} user={role} "
-            f"password={self.secret(ROLE_PASSWORDS[role])} connect_timeout=5"
+        tls = {"sslmode": "verify-full", "sslrootcert": str(self.ca_file)} if self.config.tls else {}
+        return make_conninfo(
+            host=self.config.host,
+            port=port,
+            dbname=dbname,
+            user=role,
+            connect_timeout=5,
+            **({"password": self.secret(ROLE_PASSWORDS[role])} if password else {}),
+            **tls,
         )
 
     def monitor_env(self) -> dict[str, str]:
-        """The load test's monitor DSNs: pg_monitor straight to PostgreSQL, SHOW on PgBouncer."""
+        """The load test's monitor: pg_monitor straight to PostgreSQL, SHOW on PgBouncer's
+        console; the passwords as files (MONITOR_*_PASSWORD_FILE), not in the DSNs."""
+        monitor = self.path("secrets", "monitor")
         return {
-            "MONITOR_POSTGRES_DSN": self.dsn("chat_monitor", through_pgbouncer=False),
-            "MONITOR_PGBOUNCER_DSN": self.dsn("pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer"),
+            "MONITOR_POSTGRES_DSN": self.dsn("chat_monitor", through_pgbouncer=False, password=False),
+            "MONITOR_POSTGRES_PASSWORD_FILE": str(monitor / "POSTGRES_MONITOR_PASSWORD"),
+            "MONITOR_PGBOUNCER_DSN": self.dsn(
+                "pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer", password=False
+            ),
+            "MONITOR_PGBOUNCER_PASSWORD_FILE": str(monitor / "PGBOUNCER_STATS_PASSWORD"),
         }
 
     def app_env(self, profile: Profile, extra_env: dict[str, str] | None = None) -> dict[str, str]:
         """The app's settings for a profile: what Compose sets in its app service."""
         c = self.config
         db_port = c.pgbouncer_port if profile.through_pgbouncer else c.postgres_port
+        app, migrate = self.path("secrets", "app"), self.path("secrets", "migrate")
         env = {
-            "DJANGO_SECRET_KEY_FILE": str(self.secret_file("DJANGO_SECRET_KEY")),
+            "DJANGO_SECRET_KEY_FILE": str(app / "DJANGO_SECRET_KEY"),
             "DJANGO_ALLOWED_HOSTS": f"{c.host},localhost",
-            "DJANGO_HTTPS": "false",  # plain HTTP on loopback; see README before exposing it
-            "DATABASE_URL": f"postgres://chat_app@{c.host}:{db_port}/chat",
-            "DATABASE_PASSWORD_FILE": str(self.secret_file("POSTGRES_APP_PASSWORD")),
+            "DJANGO_HTTPS": "false",  # the browser's hop: plain HTTP on loopback (README, "Security")
+            "DATABASE_URL": f"postgres://chat_app@{c.host}:{db_port}/chat{self.tls_query('app')}",
+            "DATABASE_PASSWORD_FILE": str(app / "POSTGRES_APP_PASSWORD"),
             "DATABASE_CONN_MAX_AGE": str(profile.conn_max_age),
-            "DIRECT_DATABASE_URL": f"postgres://chat_owner@{c.host}:{c.postgres_port}/chat",
-            "DIRECT_DATABASE_PASSWORD_FILE": str(self.secret_file("POSTGRES_OWNER_PASSWORD")),
-            "CHANNEL_LAYER_URL_FILE": str(self.secret_file("CHANNEL_LAYER_URL")),
+            "DIRECT_DATABASE_URL": f"postgres://chat_owner@{c.host}:{c.postgres_port}/chat{self.tls_query('migrate')}",
+            "DIRECT_DATABASE_PASSWORD_FILE": str(migrate / "POSTGRES_OWNER_PASSWORD"),
+            "CHANNEL_LAYER_URL": f"{'rediss' if c.tls else 'redis'}://chat@{c.host}:{c.redis_port}/0",
+            "CHANNEL_LAYER_PASSWORD_FILE": str(app / "REDIS_PASSWORD"),
         }
+        if c.tls:
+            env["CHANNEL_LAYER_CA_FILE"] = str(app / "ca.crt")
         if profile.pool_max_size is not None:
             env["DATABASE_POOL_MAX_SIZE"] = str(profile.pool_max_size)
         env.update(extra_env or {})
         return env
 
     def service_env(self, **extra: str) -> dict[str, str]:
-        """What every service process gets: a PATH with the system's daemons, and its secrets as files."""
-        env = {
-            "PATH": f"{self.app_python.parent}:{SYSTEM_PATH}",
-            "LANG": "C.UTF-8",
-            **{f"{name}_FILE": str(self.secret_file(name)) for name in SECRET_NAMES},
-        }
+        """What every service process gets: a PATH with the system's daemons."""
+        env = {"PATH": f"{self.app_python.parent}:{SYSTEM_PATH}", "LANG": "C.UTF-8"}
         if self.service_user is not None:
             env.update(HOME=self.service_user.pw_dir, USER=self.service_user.pw_name)
         env.update(extra)

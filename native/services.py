@@ -18,6 +18,8 @@ import psycopg
 
 from native.layout import AppRun, Layout
 
+LOOPBACK = "127.0.0.1/32"
+
 
 @dataclass(frozen=True)
 class Service:
@@ -56,7 +58,16 @@ def pgbouncer_ready(layout: Layout) -> bool:
 def redis_ready(layout: Layout) -> bool:
     import redis
 
-    client = redis.Redis.from_url(layout.secret("CHANNEL_LAYER_URL"), socket_timeout=1)
+    c = layout.config
+    tls = {"ssl": True, "ssl_ca_certs": str(layout.ca_file)} if c.tls else {}
+    client = redis.Redis(
+        host=c.host,
+        port=c.redis_port,
+        username="chat",
+        password=layout.secret("REDIS_PASSWORD"),
+        socket_timeout=1,
+        **tls,
+    )
     try:
         return client.ping()
     except redis.RedisError:
@@ -83,6 +94,7 @@ def _entrypoint(folder: str, *args: str) -> Callable[[Layout], list[str]]:
 
 
 def _app_environment(layout: Layout, app: AppRun) -> dict[str, str]:
+    """The app's settings (Layout.app_env), for `serve` and for the `migrate` job alike."""
     c = layout.config
     return layout.service_env(
         **layout.app_env(app.profile, dict(app.extra_env)),
@@ -105,6 +117,12 @@ SERVICES = (
             POSTGRES_PORT=str(layout.config.postgres_port),
             POSTGRES_LISTEN_ADDRESSES=layout.config.host,
             POSTGRES_SOCKET_DIR=str(layout.path("run", "postgres")),
+            # Every client is on loopback here; in Compose each role's own network.
+            **dict.fromkeys(
+                ("POSTGRES_POOLER_CLIENTS", "POSTGRES_MIGRATE_CLIENTS", "POSTGRES_MONITOR_CLIENTS"), LOOPBACK
+            ),
+            **layout.secret_env("postgres"),
+            **layout.tls_env("postgres"),
         ),
         postgres_ready,
         stop_signal="INT",  # fast shutdown: roll back, checkpoint, exit
@@ -119,6 +137,10 @@ SERVICES = (
             PGBOUNCER_LISTEN_ADDR=layout.config.host,
             PGBOUNCER_PORT=str(layout.config.pgbouncer_port),
             PGBOUNCER_RUN_DIR=str(layout.path("run", "pgbouncer")),
+            PGBOUNCER_APP_CLIENTS=LOOPBACK,
+            PGBOUNCER_MONITOR_CLIENTS=LOOPBACK,
+            **layout.secret_env("pgbouncer"),
+            **layout.tls_env("pgbouncer"),
         ),
         pgbouncer_ready,
     ),
@@ -129,6 +151,8 @@ SERVICES = (
             REDIS_BIND=layout.config.host,
             REDIS_PORT=str(layout.config.redis_port),
             REDIS_RUN_DIR=str(layout.path("run", "redis")),
+            **layout.secret_env("redis"),
+            **layout.tls_env("redis"),
         ),
         redis_ready,
     ),

@@ -7,7 +7,6 @@ supervisord (native/supervisor.py) runs, stops and restarts the processes.
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import stat
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from native.layout import PROJECT, SECRET_NAMES, SYSTEM_PYTHON, AppRun, Config, Layout, StackError
+from native.layout import PROJECT, SYSTEM_PATH, SYSTEM_PYTHON, AppRun, Config, Layout, StackError
 from native.profiles import PROFILES, SHIPPED, Profile
 from native.services import LONG_RUNNING, SERVICES, Service, service
 from native.supervisor import Supervisor, tail
@@ -29,6 +28,8 @@ from probes.connections import APP_DATABASE, app_pool, pool_server_connections
 STAGED = ("postgres", "pgbouncer", "redis", "lib", "app")
 # Directories of run/ each service writes into (its socket, runtime config, pid).
 SERVICE_RUN_DIRS = ("postgres", "pgbouncer", "redis", "app")
+# Who gets a directory of secrets (secrets/generate.py): natively all are the service user.
+SECRET_CONSUMERS = ("postgres", "pgbouncer", "redis", "app", "migrate", "monitor", "proxy")
 
 
 class Stack(Layout):
@@ -217,16 +218,34 @@ class Stack(Layout):
         _own_dir(self.path("data"), *theirs, 0o700)
         for sub in SERVICE_RUN_DIRS:
             _own_dir(self.path("run", sub), *theirs, 0o700)
-        for name in SECRET_NAMES:
-            _new_secret(self.secret_file(name), secrets.token_hex(32), theirs)
-        _write_secret(
-            self.secret_file("CHANNEL_LAYER_URL"),
-            f"redis://:{self.secret('REDIS_PASSWORD')}@{self.config.host}:{self.config.redis_port}/0",
-            theirs,
-        )
+        self._make_secrets(theirs)
         self._stage()
         if user is not None:
             self._ensure_service_venv()
+
+    def _make_secrets(self, owner: tuple[int, int]) -> None:
+        """secrets/generate.py, as Compose's `secrets` job runs it: every service's directory
+        is the service user's (natively they all run as that one user)."""
+        store = self.path("secrets", "store")
+        for old in self.path("secrets").glob("[A-Z]*"):  # a state directory from before the store
+            if old.is_file() and not (store / old.name).exists():
+                store.mkdir(mode=0o700, exist_ok=True)
+                old.rename(store / old.name)
+        owners = " ".join(f"{consumer}={owner[0]}:{owner[1]}" for consumer in SECRET_CONSUMERS)
+        result = subprocess.run(
+            [sys.executable, str(PROJECT / "secrets" / "generate.py")],
+            env={
+                "PATH": SYSTEM_PATH,
+                "LANG": "C.UTF-8",
+                "SECRETS_DIR": str(self.path("secrets")),
+                "SECRETS_OWNERS": owners,
+            },
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode:
+            raise StackError(f"making the secrets failed: {result.stderr.strip()}")
 
     def _stage(self) -> None:
         for folder in STAGED:
@@ -285,28 +304,6 @@ def _own_dir(path: Path, uid: int, gid: int, mode: int) -> None:
         raise StackError(f"{path} is not a directory; remove it and start again")
     os.chown(path, uid, gid, follow_symlinks=False)
     path.chmod(mode)
-
-
-def _new_secret(path: Path, value: str, owner: tuple[int, int]) -> None:
-    """Create a secret file, mode 0600 from its first byte, owned by the service user.
-
-    An existing one is kept (only its owner is set)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        os.chown(path, *owner, follow_symlinks=False)
-        return
-    with os.fdopen(fd, "w") as out:
-        os.fchown(out.fileno(), *owner)
-        out.write(value)
-
-
-def _write_secret(path: Path, value: str, owner: tuple[int, int]) -> None:
-    """Replace a derived secret (it follows the ports) the same way: new file, 0600, then renamed."""
-    partial = path.with_name(path.name + ".new")
-    partial.unlink(missing_ok=True)
-    _new_secret(partial, value, owner)
-    os.replace(partial, path)
 
 
 def traversable_by(path: Path, user) -> bool:

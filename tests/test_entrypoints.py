@@ -47,10 +47,10 @@ def postgres_env(scratch: Path, **secrets) -> dict[str, str]:
         "PGDATA": str(scratch / "pgdata"),
         "POSTGRES_PORT": "25999",
         "POSTGRES_SOCKET_DIR": str(scratch),
-        "POSTGRES_OWNER_PASSWORD": GOOD,
-        "POSTGRES_APP_PASSWORD": GOOD,
-        "PGBOUNCER_AUTH_PASSWORD": GOOD,
-        "POSTGRES_MONITOR_PASSWORD": GOOD,
+        "POSTGRES_OWNER_VERIFIER": GOOD,
+        "POSTGRES_APP_VERIFIER": GOOD,
+        "PGBOUNCER_AUTH_VERIFIER": GOOD,
+        "POSTGRES_MONITOR_VERIFIER": GOOD,
         **secrets,
     }
 
@@ -58,16 +58,17 @@ def postgres_env(scratch: Path, **secrets) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("secret", "value", "message"),
     [
-        ("POSTGRES_APP_PASSWORD", "change-me-app-password", "POSTGRES_APP_PASSWORD is still a placeholder"),
-        ("POSTGRES_OWNER_PASSWORD", "", "POSTGRES_OWNER_PASSWORD is not set"),
-        ("POSTGRES_MONITOR_PASSWORD", "short", "POSTGRES_MONITOR_PASSWORD is shorter than 16"),
+        ("POSTGRES_APP_VERIFIER", "change-me-app-verifier", "POSTGRES_APP_VERIFIER is still a placeholder"),
+        ("POSTGRES_OWNER_VERIFIER", "", "POSTGRES_OWNER_VERIFIER is not set"),
+        ("POSTGRES_MONITOR_VERIFIER", "short", "POSTGRES_MONITOR_VERIFIER is shorter than 16"),
     ],
 )
 def test_postgres_refuses_unsafe_secrets_and_creates_nothing(stack, scratch, secret, value, message):
     result = run_entrypoint(stack, "postgres", postgres_env(scratch, **{secret: value}))
     assert result.returncode != 0
     assert message in result.stderr
-    assert sorted(p.name for p in scratch.iterdir()) == []  # no data dir, no .partial
+    # No data directory, no .partial: only the rendered pg_hba.conf, in the run directory.
+    assert sorted(p.name for p in scratch.iterdir()) == ["pg_hba.conf"]
 
 
 def test_postgres_refuses_a_directory_that_is_not_a_cluster(stack, scratch):
@@ -88,18 +89,18 @@ def pgbouncer_env(scratch: Path, **overrides) -> dict[str, str]:
         "PGBOUNCER_RUN_DIR": str(scratch / "pgbouncer"),
         "PGBOUNCER_WAIT_SECONDS": "2",
         "PGBOUNCER_AUTH_PASSWORD": GOOD,
-        "PGBOUNCER_ADMIN_PASSWORD": GOOD,
-        "PGBOUNCER_STATS_PASSWORD": GOOD,
+        "PGBOUNCER_ADMIN_VERIFIER": GOOD,
+        "PGBOUNCER_STATS_VERIFIER": GOOD,
         **overrides,
     }
 
 
 def test_pgbouncer_refuses_a_missing_secret(stack, scratch):
     env = pgbouncer_env(scratch)
-    del env["PGBOUNCER_ADMIN_PASSWORD"]
+    del env["PGBOUNCER_ADMIN_VERIFIER"]
     result = run_entrypoint(stack, "pgbouncer", env)
     assert result.returncode != 0
-    assert "PGBOUNCER_ADMIN_PASSWORD is not set" in result.stderr
+    assert "PGBOUNCER_ADMIN_VERIFIER is not set" in result.stderr
     assert not (scratch / "pgbouncer").exists()
 
 
@@ -111,11 +112,11 @@ def test_pgbouncer_waits_for_postgresql_with_a_limit(stack, scratch):
     assert (scratch / "pgbouncer" / "userlist.txt").stat().st_mode & 0o777 == 0o600
 
 
-def test_redis_refuses_a_placeholder_password(stack, scratch):
-    env = {"REDIS_RUN_DIR": str(scratch / "redis"), "REDIS_PASSWORD": "change-me-redis"}
+def test_redis_refuses_a_password_hash_that_is_not_one(stack, scratch):
+    env = {"REDIS_RUN_DIR": str(scratch / "redis"), "REDIS_PASSWORD_SHA256": "not-a-sha256-of-anything"}
     result = run_entrypoint(stack, "redis", env)
     assert result.returncode != 0
-    assert "REDIS_PASSWORD is still a placeholder" in result.stderr
+    assert "REDIS_PASSWORD_SHA256 is not a SHA-256 in hex" in result.stderr
 
 
 def test_app_waits_for_pgbouncer_with_a_limit(stack):

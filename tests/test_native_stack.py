@@ -61,10 +61,17 @@ def test_as_root_root_writes_only_into_directories_the_service_user_cannot_chang
 
 
 def test_secrets_are_readable_by_the_services_only(stack):
-    owner = stack.service_user.pw_uid if stack.service_user else os.geteuid()
-    secrets = list(stack.path("secrets").iterdir())
-    assert len(secrets) >= 8
-    for secret in secrets:
-        info = secret.lstat()
-        assert stat.S_ISREG(info.st_mode), secret
-        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (owner, 0o600), secret
+    """The originals are the invoking user's (0700); each service's copies its user's (0500/0400)."""
+    store = stack.path("secrets", "store")
+    assert (store.lstat().st_uid, stat.S_IMODE(store.lstat().st_mode)) == (os.geteuid(), 0o700)
+    service_uid = stack.service_user.pw_uid if stack.service_user else os.geteuid()
+    consumers = [path for path in stack.path("secrets").iterdir() if path.name != "store"]
+    assert {path.name for path in consumers} >= {"postgres", "pgbouncer", "redis", "app", "migrate"}
+    for directory in consumers:
+        info = directory.lstat()
+        assert stat.S_ISDIR(info.st_mode), directory
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (service_uid, 0o500), directory
+        for secret in directory.iterdir():
+            info = secret.lstat()
+            assert stat.S_ISREG(info.st_mode), secret
+            assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (service_uid, 0o400), secret

@@ -110,10 +110,13 @@ def _pool_options() -> dict:
     }
 
 
+_app_database = _database("DATABASE_URL", "DATABASE_PASSWORD")
+
 DATABASES = {
-    # The app's runtime path to PostgreSQL: through PgBouncer.
+    # The app's runtime path to PostgreSQL: through PgBouncer. TLS comes with the URL:
+    # ?sslmode=verify-full&sslrootcert=<the CA> checks PgBouncer's certificate and name.
     "default": {
-        **_database("DATABASE_URL", "DATABASE_PASSWORD"),
+        **_app_database,
         # Django's backend with a pool health check that costs no round trip unless the
         # socket shows trouble, and then sweeps the whole pool (chat_site/postgresql/base.py);
         # DATABASE_POOL_CHECK=query keeps Django's own, an empty query before every checkout
@@ -150,6 +153,7 @@ DATABASES = {
             # it). DATABASE_POOL_MAX_SIZE=0 turns it off.
             # https://docs.djangoproject.com/en/5.2/ref/databases/#connection-pool
             **_pool_options(),
+            **_app_database.get("OPTIONS", {}),  # the URL's: sslmode, sslrootcert
         },
     },
 }
@@ -177,30 +181,37 @@ if env.str("DIRECT_DATABASE_URL", default=""):
 # messages are in PostgreSQL either way, and history fills the gap.
 # CHANNEL_LAYER_BACKEND=core switches back.
 # https://github.com/django/channels_redis#usage
+# CHANNEL_LAYER_URL names the server and user, never the password: e.g.
+# rediss://chat@redis:6379/0 (rediss: TLS, the server's certificate checked against
+# CHANNEL_LAYER_CA_FILE); the password comes from CHANNEL_LAYER_PASSWORD (_FILE).
 CHANNEL_LAYER_URL = env.str("CHANNEL_LAYER_URL", default="")
 CHANNEL_LAYER_BACKENDS = {
     "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
     "core": "channels_redis.core.RedisChannelLayer",
 }
 CHANNEL_LAYER_BACKEND = _choice("CHANNEL_LAYER_BACKEND", CHANNEL_LAYER_BACKENDS, default="pubsub")
+
+
+def _channel_layer_host() -> dict:
+    host = {
+        "address": CHANNEL_LAYER_URL.strip(),
+        # redis-py 8 cuts every read at 5 s by default, the same 5 s that
+        # channels_redis blocks in BZPOPMIN waiting for a message: consumers
+        # then crash with "Timeout reading from ..." and sockets drop.
+        # Longer than that wait, still finite so a dead Redis is noticed.
+        # https://github.com/django/channels_redis/issues/422
+        "socket_timeout": 15,
+    }
+    if env.str("CHANNEL_LAYER_PASSWORD", default=""):
+        host["password"] = require_secret(env, "CHANNEL_LAYER_PASSWORD")
+    if ca_file := env.str("CHANNEL_LAYER_CA_FILE", default=""):
+        host.update(ssl_ca_certs=ca_file, ssl_cert_reqs="required", ssl_check_hostname=True)
+    return host
+
+
 if CHANNEL_LAYER_URL:
     CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": CHANNEL_LAYER_BACKEND,
-            "CONFIG": {
-                "hosts": [
-                    {
-                        "address": CHANNEL_LAYER_URL.strip(),
-                        # redis-py 8 cuts every read at 5 s by default, the same 5 s that
-                        # channels_redis blocks in BZPOPMIN waiting for a message: consumers
-                        # then crash with "Timeout reading from ..." and sockets drop.
-                        # Longer than that wait, still finite so a dead Redis is noticed.
-                        # https://github.com/django/channels_redis/issues/422
-                        "socket_timeout": 15,
-                    }
-                ]
-            },
-        }
+        "default": {"BACKEND": CHANNEL_LAYER_BACKEND, "CONFIG": {"hosts": [_channel_layer_host()]}}
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
