@@ -211,7 +211,7 @@ class Stack(Layout):
         mine = (os.geteuid(), os.getegid())
         theirs = (user.pw_uid, user.pw_gid) if user else mine
         _own_dir(self.dir, *mine, 0o755)
-        _own_dir(self.path("secrets"), *mine, 0o711 if user else 0o700)
+        _own_dir(self.path("secrets"), *mine, 0o711)  # as secrets/generate.py leaves it
         for sub in ("run", "opt"):
             _own_dir(self.path(sub), *mine, 0o755)
         _own_dir(self.path("logs"), *mine, 0o750)

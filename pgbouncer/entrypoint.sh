@@ -44,8 +44,10 @@ if [[ -n ${TLS_CERT_FILE:-}${TLS_KEY_FILE:-}${TLS_CA_FILE:-} ]]; then
     [[ -r $file ]] || { echo "error: $file is not a readable file" >&2; exit 1; }
   done
   connection_type=hostssl
+  # client_tls_ca_file only verifies client certificates, which nobody presents here;
+  # unset, PgBouncer loads the system's CA bundle, and a slim image has none.
   tls=("client_tls_cert_file = $TLS_CERT_FILE" "client_tls_key_file = $TLS_KEY_FILE"
-    "server_tls_ca_file = $TLS_CA_FILE")
+    "client_tls_ca_file = $TLS_CA_FILE" "server_tls_ca_file = $TLS_CA_FILE")
 else
   tls=("client_tls_sslmode = disable" "server_tls_sslmode = disable")
 fi

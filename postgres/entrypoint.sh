@@ -91,12 +91,14 @@ initialise() {
   echo "first start: initialising a new cluster in $PGDATA"
   "$bin_dir/initdb" --pgdata="$scratch" --username="$(id -un)" --encoding=UTF8 \
     --locale=C.UTF-8 --auth-local=peer --auth-host=reject >/dev/null
-  # A private server: no TCP, socket only, while the roles are created.
+  # A private server while the roles are created: no TCP, and its socket in the
+  # scratch directory, not the socket directory, so no health check can take it
+  # for the real server.
   "$bin_dir/pg_ctl" --pgdata="$scratch" --wait --timeout=60 --silent start \
-    -o "$(printf '%q ' "${server_options[@]}" -c listen_addresses= -c "unix_socket_directories=$socket_dir")"
+    -o "$(printf '%q ' "${server_options[@]}" -c listen_addresses= -c "unix_socket_directories=$scratch")"
   local sql
   for sql in "$here"/initdb/*.sql; do
-    "$bin_dir/psql" --no-psqlrc --quiet --host="$socket_dir" --port="$port" --dbname=postgres \
+    "$bin_dir/psql" --no-psqlrc --quiet --host="$scratch" --port="$port" --dbname=postgres \
       --file="$sql" || { "$bin_dir/pg_ctl" --pgdata="$scratch" --mode=fast stop; exit 1; }
   done
   "$bin_dir/pg_ctl" --pgdata="$scratch" --wait --mode=fast --silent stop

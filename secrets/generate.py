@@ -87,8 +87,10 @@ def main() -> int:
     root = Path(os.environ.get("SECRETS_DIR", "/secrets"))
     owners = parse_owners(os.environ.get("SECRETS_OWNERS", ""))
     os.umask(0o077)
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o711)  # each service may pass through to its own directory, and list nothing
     store = root / "store"
-    store.mkdir(parents=True, exist_ok=True)
+    store.mkdir(exist_ok=True)
     store.chmod(0o700)
     try:
         for name in PASSWORDS:
