@@ -2,8 +2,9 @@
 
 compose/engine.sh provides the engine (a private dockerd where none answers, stopped
 by its PID afterwards, the host's network state put back) and the Debian base image
-(debootstrap, cached). The stack runs under its own project name with generated
-secrets, so a developer's `docker compose up` (and its .env) is never touched.
+(debootstrap, cached). The stack runs under its own project name, with its own
+subnets and secrets volume, so a developer's `docker compose up` (and its .env) is
+never touched.
 
 Runs in CI (CI=true) and with `make compose-test` (COMPOSE_TEST=1); elsewhere the
 tests are skipped, because a first run installs Debian packages and builds images
@@ -14,12 +15,11 @@ import csv
 import io
 import os
 import re
-import secrets
 import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -35,6 +35,8 @@ PROJECT_NAME = f"chattest{OFFSET or ''}"
 LOCK_FILE = Path("/run/lock/chat-compose-test.lock")
 LOCK_WAIT_S = 1200
 LONG_RUNNING = ("postgres", "pgbouncer", "redis", "app")
+SUBNETS = ("POOLER", "DATABASE", "MIGRATIONS", "MONITORING")  # docker-compose.yml's SUBNET_*
+IMAGE_TAG = "local"
 # What the test keeps for a reader: Compose v2's `up --wait` output (README, "Docker Compose").
 RESULTS = PROJECT / "results" / "compose-test"
 BUILD_TIMEOUT_S = 1200
@@ -69,7 +71,6 @@ class ComposeStack:
     version: str
     env: dict[str, str]  # the subprocess environment: DOCKER_HOST and little else
     env_file: Path
-    secrets: dict[str, str] = field(default_factory=dict)
 
     @property
     def v2(self) -> bool:
@@ -155,17 +156,32 @@ class ComposeStack:
         return list(csv.DictReader(io.StringIO(out)))
 
     def pgbouncer_show(self, what: str) -> list[dict]:
-        """SHOW on PgBouncer's console as pgbouncer_stats, from inside its container."""
+        """SHOW on PgBouncer's console as pgbouncer_stats, from where the console may be
+        reached at all: a container on the monitoring network, with the monitor's secrets."""
         assert re.fullmatch(r"[A-Z]+", what)
-        out = self.docker(
-            "exec",
-            self.container("pgbouncer"),
-            "sh",
-            "-c",
-            'PGPASSWORD="$PGBOUNCER_STATS_PASSWORD" exec psql --no-psqlrc --csv --host=127.0.0.1 '
-            f'--port=6432 --username=pgbouncer_stats --dbname=pgbouncer --command="SHOW {what}"',
+        out = self.run_as_monitor(
+            'PGPASSWORD="$(cat /run/secrets/monitor/PGBOUNCER_STATS_PASSWORD)" exec psql --no-psqlrc --csv '
+            '"host=pgbouncer port=6432 dbname=pgbouncer user=pgbouncer_stats sslmode=verify-full '
+            f'sslrootcert=/run/secrets/monitor/ca.crt" --command="SHOW {what}"'
         ).stdout
         return list(csv.DictReader(io.StringIO(out)))
+
+    def run_as_monitor(self, script: str, check: bool = True):
+        """A shell script in a throwaway container on the monitoring network, as the monitor's
+        user with its secrets mounted (psql, from the PgBouncer image)."""
+        return self.docker(
+            "run", "--rm", "--network", f"{PROJECT_NAME}_monitoring", "--user", "10003:10003",
+            "--volume", f"{PROJECT_NAME}_secrets:/run/secrets:ro", "--entrypoint", "sh",
+            f"chat-stack/pgbouncer:{IMAGE_TAG}", "-c", script,
+            timeout=60, check=check,
+        )  # fmt: skip
+
+    def secret(self, name: str) -> str:
+        """An original from the secrets volume's store (read as root, in a throwaway container)."""
+        return self.docker(
+            "run", "--rm", "--network", "none", "--user", "0:0", "--volume", f"{PROJECT_NAME}_secrets:/s:ro",
+            "--entrypoint", "cat", f"chat-stack/secrets:{IMAGE_TAG}", f"/s/store/{name}",
+        ).stdout  # fmt: skip
 
     def ip_address(self, service: str, network: str) -> str:
         return self.docker(
@@ -227,27 +243,20 @@ def compose_command(variant: str, env: dict[str, str]) -> tuple[list[str], str, 
     return command, version, env
 
 
-def write_env_file(path: Path) -> dict[str, str]:
-    """.env.example with every change-me placeholder replaced by a random value."""
-    values = {}
-    lines = []
-    for line in (PROJECT / ".env.example").read_text().splitlines():
-        name, sep, value = line.partition("=")
-        if sep and not line.startswith("#") and value.startswith("change-me"):
-            values[name] = secrets.token_hex(32)
-            line = f"{name}={values[name]}"
-        lines.append(line)
-    lines += [
+def write_env_file(path: Path) -> None:
+    """.env.example's knobs for the test project: its own ports, subnets and a short proof.
+    No secret: the stack's `secrets` job makes them, in the project's own volume."""
+    subnet = 232 + OFFSET % 20  # away from the defaults (10.231.x), so a stack of yours may run too
+    lines = [
         f"COMPOSE_PROJECT_NAME={PROJECT_NAME}",
         f"APP_PUBLISH=127.0.0.1:{APP_PORT}",
         f"LOCUST_PUBLISH=127.0.0.1:{LOCUST_PORT}",
+        *(f"SUBNET_{name}=10.{subnet}.{n}.0/26" for n, name in enumerate(SUBNETS, 1)),
         # A short, bounded proof run: enough to show the naive target leaking.
         f"LOADTEST_USERS={os.environ.get('COMPOSE_TEST_LOADTEST_USERS', '50')}",
         f"LOADTEST_DURATION={os.environ.get('COMPOSE_TEST_LOADTEST_DURATION', '20')}",
     ]
     path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
-    return values
 
 
 def port_is_free(port: int) -> bool:

@@ -82,7 +82,7 @@ def compose_stack(request, compose_engine, tmp_path_factory):
     command, version, env = compose_command(request.param, compose_engine)
     env_file = tmp_path_factory.mktemp("compose") / "test.env"
     stack = ComposeStack(command, version, env, env_file)
-    stack.secrets = write_env_file(env_file)
+    write_env_file(env_file)
     # Whatever an interrupted session left under this project name.
     stack.compose("down", "--volumes", "--remove-orphans", profile=True, check=False)
     for port in (APP_PORT, LOCUST_PORT):

@@ -10,7 +10,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from compose_harness import APP_PORT, LOCUST_PORT, LONG_RUNNING, PROJECT_NAME, ComposeStack
+from compose_harness import APP_PORT, IMAGE_TAG, LOCUST_PORT, LONG_RUNNING, PROJECT_NAME, ComposeStack
 
 from probes.chat import ChatHttp, ChatSocket
 from probes.connections import APP_ROLE, connection_bound
@@ -200,32 +200,30 @@ def test_the_app_container_cannot_reach_postgres(compose_stack: ComposeStack):
     assert _connect_from_app(compose_stack, address, 5432) != "connected"
 
 
-@pytest.mark.parametrize(
-    ("service", "secret"),
-    [
-        ("postgres", "POSTGRES_APP_PASSWORD"),
-        ("pgbouncer", "PGBOUNCER_AUTH_PASSWORD"),
-        ("redis", "REDIS_PASSWORD"),
-        ("app", "DJANGO_SECRET_KEY"),
+SECRET_FILES = {
+    "postgres": [
+        "POSTGRES_OWNER_VERIFIER",
+        "POSTGRES_APP_VERIFIER",
+        "PGBOUNCER_AUTH_VERIFIER",
+        "POSTGRES_MONITOR_VERIFIER",
     ],
-)
-def test_each_image_refuses_a_placeholder_secret(compose_stack: ComposeStack, service, secret):
-    """.env.example's values must never run: each image's entrypoint refuses them."""
-    good = compose_stack.secrets
-    env = {
-        "postgres": [
-            "POSTGRES_OWNER_PASSWORD",
-            "POSTGRES_APP_PASSWORD",
-            "PGBOUNCER_AUTH_PASSWORD",
-            "POSTGRES_MONITOR_PASSWORD",
-        ],
-        "pgbouncer": ["PGBOUNCER_AUTH_PASSWORD", "PGBOUNCER_ADMIN_PASSWORD", "PGBOUNCER_STATS_PASSWORD"],
-        "redis": ["REDIS_PASSWORD"],
-        "app": ["DJANGO_SECRET_KEY"],
-    }[service]
+    "pgbouncer": ["PGBOUNCER_AUTH_PASSWORD", "PGBOUNCER_ADMIN_VERIFIER", "PGBOUNCER_STATS_VERIFIER"],
+    "redis": ["REDIS_PASSWORD_SHA256"],
+    "app": ["DJANGO_SECRET_KEY"],
+}
+
+
+@pytest.mark.parametrize(("service", "secret"), [(s, names[-1]) for s, names in SECRET_FILES.items()])
+def test_each_image_refuses_a_placeholder_secret(compose_stack: ComposeStack, tmp_path, service, secret):
+    """A placeholder must never run, wherever it came from: each image's entrypoint refuses
+    one in the file its *_FILE variable names, saying which."""
+    tmp_path.chmod(0o755)
     args = []
-    for name in env:
-        args += ["--env", f"{name}={'change-me-' + name.lower() if name == secret else good[name]}"]
+    for name in SECRET_FILES[service]:
+        value = f"change-me-{name.lower()}" if name == secret else "0123456789abcdef" * 4
+        (tmp_path / name).write_text(value)
+        (tmp_path / name).chmod(0o644)
+        args += ["--env", f"{name}_FILE=/given/{name}"]
     if service == "app":
         args += [
             "--env",
@@ -233,20 +231,112 @@ def test_each_image_refuses_a_placeholder_secret(compose_stack: ComposeStack, se
             "--env",
             "DATABASE_URL=postgres://chat_app@nowhere:1/chat",
         ]
-    image = f"chat-stack/{service}:local"
     result = compose_stack.docker(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        *args,
-        image,
-        *(["migrate"] if service == "app" else []),
-        timeout=ONE_SHOT_TIMEOUT_S,
-        check=False,
-    )
+        "run", "--rm", "--network", "none", "--volume", f"{tmp_path}:/given:ro", *args,
+        f"chat-stack/{service}:{IMAGE_TAG}", *(["migrate"] if service == "app" else []),
+        timeout=ONE_SHOT_TIMEOUT_S, check=False,
+    )  # fmt: skip
     assert result.returncode != 0
     assert f"{secret} is still a placeholder" in result.stdout + result.stderr
+
+
+def test_the_secrets_job_refuses_a_placeholder_of_yours(compose_stack: ComposeStack, tmp_path):
+    (tmp_path / "store").mkdir(parents=True)
+    (tmp_path / "store" / "POSTGRES_APP_PASSWORD").write_text("change-me-please-0123456789")
+    result = compose_stack.docker(
+        "run", "--rm", "--network", "none", "--volume", f"{tmp_path}:/secrets",
+        f"chat-stack/secrets:{IMAGE_TAG}", timeout=ONE_SHOT_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: /secrets/store/POSTGRES_APP_PASSWORD is still a placeholder: "
+        "put a random value there, or delete it for a new one"
+    )
+    assert not (tmp_path / "app").exists()  # nothing handed over
+
+
+def test_no_password_is_in_any_containers_environment(compose_stack: ComposeStack):
+    """Every secret is a file: none is in what `docker inspect` shows of any container."""
+    secrets = {
+        name: compose_stack.secret(name)
+        for name in ("POSTGRES_OWNER_PASSWORD", "POSTGRES_APP_PASSWORD", "POSTGRES_MONITOR_PASSWORD",
+                     "PGBOUNCER_AUTH_PASSWORD", "PGBOUNCER_ADMIN_PASSWORD", "PGBOUNCER_STATS_PASSWORD",
+                     "REDIS_PASSWORD", "DJANGO_SECRET_KEY")
+    }  # fmt: skip
+    assert all(len(value) >= 16 for value in secrets.values())
+    ids = compose_stack.docker(
+        "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={PROJECT_NAME}"
+    ).stdout.split()
+    inspected = compose_stack.docker("inspect", *ids).stdout
+    for container in json.loads(inspected):
+        for variable in container["Config"]["Env"] or []:
+            name = variable.split("=", 1)[0]
+            assert not name.endswith(("PASSWORD", "SECRET_KEY", "VERIFIER", "SHA256")), (
+                f"{name} in the environment"
+            )
+    leaked = [name for name, value in secrets.items() if value in inspected]
+    assert leaked == []
+
+
+def test_every_connection_between_services_uses_tls(compose_stack: ComposeStack):
+    ChatHttp(compose_stack.app_url).request("GET", "/healthz")  # the app's pool connects
+    backends = compose_stack.psql(
+        "SELECT a.usename, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+        "WHERE a.datname = 'chat' AND a.backend_type = 'client backend' "
+        "AND a.pid <> pg_backend_pid()"  # this query's own session, over the Unix socket
+    )
+    assert {row["usename"] for row in backends} >= {APP_ROLE}
+    assert {row["ssl"] for row in backends} == {"t"}, backends
+    app_clients = [row for row in compose_stack.pgbouncer_show("CLIENTS") if row["user"] == APP_ROLE]
+    assert app_clients and all(row["tls"] for row in app_clients), app_clients
+
+
+def _in_app_container(compose_stack: ComposeStack, code: str) -> str:
+    return compose_stack.docker("exec", compose_stack.container("app"), "python", "-c", code).stdout.strip()
+
+
+def test_plaintext_is_refused_on_each_hop_the_app_uses(compose_stack: ComposeStack):
+    pgbouncer = _in_app_container(
+        compose_stack,
+        "import psycopg\n"
+        "try: psycopg.connect('host=pgbouncer port=6432 dbname=chat user=chat_app sslmode=disable "
+        "password=irrelevant-here', connect_timeout=5)\n"
+        "except psycopg.Error as e: print(e)",
+    )
+    assert "SSL required" in pgbouncer
+    redis_plain = _in_app_container(
+        compose_stack,
+        "import redis\n"
+        "try: redis.Redis(host='redis', port=6379, socket_timeout=5).ping(); print('answered')\n"
+        "except redis.RedisError as e: print(type(e).__name__)",
+    )
+    assert redis_plain == "ConnectionError"
+
+
+def test_each_role_logs_in_only_from_its_own_network(compose_stack: ComposeStack):
+    """pg_hba.conf and PgBouncer's hba file name networks, not just roles: the right
+    password from the wrong network is refused."""
+    password = compose_stack.secret("POSTGRES_APP_PASSWORD")
+    # The app role, straight to PostgreSQL from the monitor's network (which reaches it).
+    refused = compose_stack.run_as_monitor(
+        f"PGPASSWORD='{password}' psql --no-psqlrc -c 'select 1' "
+        '"host=postgres port=5432 dbname=chat user=chat_app sslmode=verify-full '
+        'sslrootcert=/run/secrets/monitor/ca.crt connect_timeout=5"',
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "pg_hba.conf rejects connection" in refused.stderr
+    # The console's stats user, from the app's network, with its right password.
+    stats = compose_stack.secret("PGBOUNCER_STATS_PASSWORD")
+    console = _in_app_container(
+        compose_stack,
+        "import psycopg\n"
+        f"try: psycopg.connect('host=pgbouncer port=6432 dbname=pgbouncer user=pgbouncer_stats "
+        f"sslmode=verify-full sslrootcert=/run/secrets/app/ca.crt', password={stats!r}, connect_timeout=5)\n"
+        "except psycopg.Error as e: print(e)",
+    )
+    # PgBouncer's words for "no hba rule admits you": 1.18 "login rejected", 1.24 this.
+    assert "no authentication method is found" in console
 
 
 def _up_healthy(compose_stack: ComposeStack, *services: str, scale: dict[str, int] | None = None) -> None:
