@@ -20,17 +20,19 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 
 from loadtest import ceiling
-from loadtest.bench_table import CONFIGS, combine, markdown, plot
+from loadtest.bench_table import CONFIGS, BenchConfig, combine, markdown, plot
 from loadtest.runner import Target, run_target, wait_healthy
 from loadtest.scenario import PROJECT, Scenario, raise_open_file_limit
-from native.layout import StackError
+from native.layout import Config, StackError
 from native.profiles import SHIPPED
 from native.stack import Stack
 from probes.chat import ChatHttp
@@ -90,6 +92,37 @@ def prepare_rooms(stack: Stack, scenario: Scenario) -> None:
         http.ensure_room(f"{scenario.room_prefix}-0-{number}")
 
 
+def start(stacks: dict[bool, Stack], config: BenchConfig, current: Stack | None) -> Stack:
+    """The app in a configuration; switching TLS on or off restarts the data services too."""
+    stack = stacks[config.tls]
+    if stack is not current:
+        stack.up(config.profile, config.extra_env)
+    stack.restart_app(config.profile, config.extra_env)
+    wait_healthy(stack.app_url)
+    return stack
+
+
+def measure_connections(stack: Stack, samples: int = 50) -> dict:
+    """Milliseconds for one new connection as the app role (SCRAM, and TLS when on), through
+    PgBouncer and straight to PostgreSQL: p50 and p95 of ``samples`` connections each."""
+    hops = {
+        "pgbouncer": stack.dsn("chat_app", through_pgbouncer=True),
+        # chat_app may not log in straight to PostgreSQL from here in Compose; natively it may
+        # (pg_hba.conf: loopback), which is what the naive configuration does.
+        "postgres": stack.dsn("chat_app", through_pgbouncer=False),
+    }
+    figures = {}
+    for hop, dsn in hops.items():
+        times = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            psycopg.connect(dsn, autocommit=True).close()
+            times.append((time.perf_counter() - started) * 1000)
+        times.sort()
+        figures[hop] = {"p50": statistics.median(times), "p95": times[int(0.95 * (samples - 1))]}
+    return figures
+
+
 def measure_ceiling(stack: Stack, args) -> dict:
     with psycopg.connect(stack.dsn("chat_owner", through_pgbouncer=False)) as owner:
         room_id = owner.execute("SELECT id FROM chat_room WHERE slug = 'bench-0-0'").fetchone()[0]
@@ -142,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in CONFIGS if not args.only or c.name in args.only]
 
     raise_open_file_limit()
-    stack = Stack()
+    # One stack, its data services with TLS or without (pooled-djangopool-notls).
+    stacks = {tls: Stack(Config(tls=tls)) for tls in (True, False)}
+    stack = stacks[True]
     scenario = throughput_scenario(args)
     out = args.results / "bench"
     machine = f"{platform.platform()}, {os.cpu_count()} CPUs"
     try:
         stack.up(SHIPPED)
-        env = stack.monitor_env()
         prepare_rooms(stack, scenario)
         runs: dict[str, list[dict]] = {c.name: [] for c in configs}
         for round_number in range(args.rounds):
@@ -158,22 +192,29 @@ def main(argv: list[str] | None = None) -> int:
                     f"[round {round_number + 1}/{args.rounds}] {config.name}: {config.description}",
                     flush=True,
                 )
-                stack.restart_app(config.profile, config.extra_env)
-                wait_healthy(stack.app_url)
+                stack = start(stacks, config, stack)
                 target = Target(config.name, stack.app_url, config.description)
                 runs[config.name].append(
-                    run_target(target, scenario, out / f"{config.name}-{round_number + 1}", env)
+                    run_target(
+                        target, scenario, out / f"{config.name}-{round_number + 1}", stack.monitor_env()
+                    )
                 )
         leaks: dict[str, dict] = {}
         leak = leak_scenario()
-        for config in (c for c in configs if not c.extra_env):
+        for config in (c for c in configs if not c.extra_env and c.tls):
             print(f"[with HTTP] {config.name}: {leak.describe()}", flush=True)
-            stack.restart_app(config.profile, config.extra_env)
-            wait_healthy(stack.app_url)
+            stack = start(stacks, config, stack)
             target = Target(config.name, stack.app_url, config.description)
-            leaks[config.name] = run_target(target, leak, out / f"{config.name}-with-http", env)
+            leaks[config.name] = run_target(
+                target, leak, out / f"{config.name}-with-http", stack.monitor_env()
+            )
         rows = [combine(c, runs[c.name], leaks.get(c.name)) for c in configs]
-        stack.restart_app(SHIPPED)
+        print("new connections, with TLS and without:", flush=True)
+        connections = {"samples": 50}
+        for tls in (False, True):
+            stack = start(stacks, BenchConfig(SHIPPED.name, SHIPPED, tls=tls), stack)
+            connections["tls" if tls else "plain"] = measure_connections(stack)
+        env = stack.monitor_env()
         print("ceiling:", flush=True)
         ceiling_row = measure_ceiling(stack, args)
         capacity = None
@@ -189,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if stack.pid("postgres"):
-            stack.restart_app(SHIPPED)
+            start(stacks, BenchConfig(SHIPPED.name, SHIPPED), stack)
 
     header = (
         f"`make bench` on {machine}, {stack.config.app_workers} Daphne processes for every configuration, "
@@ -197,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         "(mean msg/s; worst p99, peak and failures). With HTTP: "
         f"{leak_scenario().describe()}; verdict over both."
     )
-    table = markdown(rows, ceiling_row, capacity, header)
-    result = [*rows, ceiling_row] + (
+    table = markdown(rows, ceiling_row, capacity, header, connections)
+    result = [*rows, ceiling_row, {"config": "new connections (ms)", **connections}] + (
         [{**capacity, "config": f"capacity: {capacity['config']}"}] if capacity else []
     )
     args.results.mkdir(parents=True, exist_ok=True)

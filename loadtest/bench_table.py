@@ -19,6 +19,7 @@ class BenchConfig:
     profile: Profile
     extra_env: dict[str, str] = field(default_factory=dict)  # one lever turned, on top of the profile
     note: str = ""
+    tls: bool = True  # TLS on every hop between the app, PgBouncer, PostgreSQL and Redis
 
     @property
     def description(self) -> str:
@@ -47,6 +48,12 @@ CONFIGS = [
         SHIPPED,
         {"DATABASE_POOL_CHECK": "query"},
         "shipped, but Django's stock pool check: an empty query before every checkout",
+    ),
+    BenchConfig(
+        "pooled-djangopool-notls",
+        SHIPPED,
+        note="shipped, but no TLS on any hop (app, PgBouncer, PostgreSQL, Redis): what TLS costs",
+        tls=False,
     ),
     BenchConfig(
         "pooled-djangopool-nocheck",
@@ -109,7 +116,13 @@ def _count_of(http: dict) -> str:
     return f"{http['http_failures']:,} of {http['http_requests']:,}"
 
 
-def markdown(rows: list[dict], ceiling_row: dict | None, capacity: dict | None, header: str) -> str:
+def markdown(
+    rows: list[dict],
+    ceiling_row: dict | None,
+    capacity: dict | None,
+    header: str,
+    connections: dict | None = None,
+) -> str:
     naive = next((row for row in rows if row["config"] == "naive"), None)
     lines = [
         header,
@@ -135,6 +148,8 @@ def markdown(rows: list[dict], ceiling_row: dict | None, capacity: dict | None, 
             f"| {row['server_connections_peak_websocket_only']} / {http.get('server_connections_peak', '-')} "
             f"| {http.get('pgbouncer_clients_peak', '-')} | {_count_of(http)} | {row['verdict']} |"
         )
+    if connections:
+        lines += ["", connection_cost(connections, rows)]
     if ceiling_row:
         tps = ", ".join(f"{c} client(s) {r['tps']:,.0f}" for c, r in ceiling_row["tps_by_clients"].items())
         lines += ["", f"Ceiling, pgbench through the same PgBouncer (transactions/s): {tps}."]
@@ -151,6 +166,30 @@ def markdown(rows: list[dict], ceiling_row: dict | None, capacity: dict | None, 
             f"{capacity['server_connection_bound']} ({capacity['verdict']}).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def connection_cost(connections: dict, rows: list[dict]) -> str:
+    """One new connection, with TLS and without, and how rarely the shipped pool makes one."""
+
+    def ms(tls: bool, hop: str) -> str:
+        figures = connections["tls" if tls else "plain"][hop]
+        return f"{figures['p50']:.1f} ms (p95 {figures['p95']:.1f})"
+
+    line = (
+        f"One new connection (SCRAM + TLS): through PgBouncer {ms(True, 'pgbouncer')}, "
+        f"{ms(False, 'pgbouncer')} without TLS; straight to PostgreSQL {ms(True, 'postgres')}, "
+        f"{ms(False, 'postgres')} without TLS ({connections['samples']} connections each)."
+    )
+    shipped = next((row for row in rows if row["config"] == SHIPPED.name), None)
+    if shipped and shipped.get("pgbouncer_clients_peak"):
+        per_run = shipped["requests"] / len(shipped["messages_per_s_runs"])
+        clients = shipped["pgbouncer_clients_peak"]
+        line += (
+            f" The shipped configuration's pools opened at most {clients} connections to PgBouncer per "
+            f"run (so at most {clients} handshakes) for ~{per_run:,.0f} WebSocket requests: "
+            f"one per ~{per_run / clients:,.0f}."
+        )
+    return line
 
 
 def configuration_rows(result: list[dict]) -> list[dict]:
