@@ -9,10 +9,11 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection
 from django.http import JsonResponse
 from django.shortcuts import render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods
 
-from chat import store
+from chat import csp, store
 from chat.models import Room
 
 logger = logging.getLogger(__name__)
@@ -39,9 +40,15 @@ def database_errors_as_503(view):
 
 
 @require_GET
+@never_cache  # its nonce is for this response only: no cache may serve it again
 @ensure_csrf_cookie  # the page's JavaScript sends the cookie back as X-CSRFToken
 def index(request):
-    return render(request, "chat/index.html")
+    # The page's one inline <script> and <style> run because they carry this nonce;
+    # anything injected into the page would not (chat/csp.py).
+    nonce = csp.new_nonce()
+    response = render(request, "chat/index.html", {"csp_nonce": nonce})
+    response.headers["Content-Security-Policy"] = csp.page_policy(nonce)
+    return response
 
 
 @require_GET
