@@ -33,6 +33,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chat.csp.DefaultPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "chat_site.urls"
@@ -52,15 +53,25 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- HTTPS -------------------------------------------------------------------
 # On by default. Turn off only where the app is reached over plain HTTP on
-# purpose (the loopback demo); in production terminate TLS in front of Daphne.
+# purpose (the loopback demo); in production terminate TLS in front of Daphne
+# (Compose: the `proxy` service, proxy/nginx.conf).
 HTTPS = env.bool("DJANGO_HTTPS", default=True)
 SECURE_SSL_REDIRECT = HTTPS
 SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS
 SECURE_HSTS_SECONDS = 31_536_000 if HTTPS else 0
-SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
-SECURE_HSTS_PRELOAD = HTTPS
-# Trust X-Forwarded-Proto from the TLS-terminating proxy in front of Daphne.
+# Opt-in, both: includeSubDomains holds every subdomain of the name to HTTPS for a
+# year, and preload asks browsers to build that in, which takes months to undo. Only
+# whoever owns the domain can know that every subdomain serves HTTPS.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS and env.bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = HTTPS and env.bool("DJANGO_HSTS_PRELOAD", default=False)
+# `check --deploy` warns about exactly those two; they are off on purpose (above).
+SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021"]
+# A request is https when X-Forwarded-Proto says so. Safe only because nothing but the
+# TLS proxy can reach Daphne: it sets the header on every request, overwriting the
+# client's (proxy/nginx.conf), and Daphne listens only on networks of the proxy, the
+# health checks and the load test (docker-compose.yml: `web`; the native stack: loopback).
+# Wherever anyone else can reach Daphne, anyone can claim https.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # probes talk plain HTTP inside the network
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
