@@ -21,11 +21,14 @@ failures. See loadtest/locust_hooks.py for the monitor, summary and gate.
 """
 
 import itertools
+import os
 import random
 import sys
 import time
 import uuid
+from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
+from urllib.parse import urlsplit
 
 # Locust puts this file's folder on sys.path; the modules import as `loadtest.*`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,6 +45,11 @@ from loadtest.scenario import raise_open_file_limit
 raise_open_file_limit()
 
 _user_numbers = itertools.count()
+# Straight to Daphne in the TLS proxy's place (docker-compose.yml: x-behind-the-proxy):
+# LOADTEST_FORWARDED_PROTO=https says so with X-Forwarded-Proto, as nginx does, so an
+# app with DJANGO_HTTPS=true answers instead of redirecting to https; its cookies are
+# then Secure, and go back over this plain hop as a browser's go back over TLS.
+FORWARDED_PROTO = os.environ.get("LOADTEST_FORWARDED_PROTO", "")
 RUN_TAG = uuid.uuid4().hex[:6]  # keeps client_ids unique across runs in the same rooms
 
 
@@ -77,6 +85,13 @@ class ChatUser(FastHttpUser):
         self.sent = 0
         self.last_sent = time.perf_counter()
         self.chatting = self.options.mode == "chat"
+        self.headers = {"X-Forwarded-Proto": FORWARDED_PROTO} if FORWARDED_PROTO else {}
+        if FORWARDED_PROTO:
+            self.client.cookiejar.set_policy(DefaultCookiePolicy(secure_protocols=("http", "https")))
+        # A POST names the page it came from, as the browser's does: on https, Django's
+        # CSRF check requires a Referer (or Origin) of the same origin.
+        target = urlsplit(self.host)
+        self.referer = f"{FORWARDED_PROTO or target.scheme}://{target.netloc}/"
         if self.chatting:
             self.open_page()
             self.next_history = time.monotonic() + self._jittered(self.options.history_every)
@@ -113,7 +128,7 @@ class ChatUser(FastHttpUser):
     # --- HTTP: what the page does ------------------------------------------------------
 
     def open_page(self) -> None:
-        with self.client.get("/", name="/", catch_response=True) as response:
+        with self.client.get("/", name="/", headers=self.headers, catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}")
             elif not self._csrf_token():
@@ -127,11 +142,11 @@ class ChatUser(FastHttpUser):
         """Join-or-create, as the page's "create" button does: 201 and 409 are both fine."""
         self.room_created = True
         if not self._csrf_token():
-            self.client.get("/", name="/")  # saturate mode starts here: the cookie first
+            self.client.get("/", name="/", headers=self.headers)  # saturate mode starts here: cookie first
         with self.client.post(
             "/api/rooms",
             json={"slug": self.room, "title": f"Load {self.room}"},
-            headers={"X-CSRFToken": self._csrf_token() or ""},
+            headers={**self.headers, "X-CSRFToken": self._csrf_token() or "", "Referer": self.referer},
             name="/api/rooms",
             catch_response=True,
         ) as response:
@@ -144,6 +159,7 @@ class ChatUser(FastHttpUser):
         with self.client.get(
             f"/api/rooms/{self.room}/messages?limit=20",
             name="/api/rooms/[room]/messages",
+            headers=self.headers,
             catch_response=True,
         ) as response:
             if response.status_code != 200:
