@@ -12,6 +12,7 @@ be waited for forever. Here each read gets what is left of the deadline.
 
 import http.cookiejar
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -29,13 +30,17 @@ class HttpResult:
 
 
 class ChatHttp:
-    """The JSON API, with the CSRF cookie handled as a browser would."""
+    """The JSON API, with the CSRF cookie handled as a browser would. ``ca_file``: the CA
+    an https server's certificate must come from (default: the system's)."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0):
+    def __init__(self, base_url: str, timeout: float = 10.0, *, ca_file: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.cookies = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+        handlers: list = [urllib.request.HTTPCookieProcessor(self.cookies)]
+        if ca_file:
+            handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca_file)))
+        self.opener = urllib.request.build_opener(*handlers)
 
     def request(
         self, method: str, path: str, body: dict | None = None, headers: dict | None = None
@@ -47,6 +52,8 @@ class ChatHttp:
             request.add_header(name, value)
         if method != "GET":
             request.add_header("X-CSRFToken", self.csrf_token())
+            # As the page's fetch does: over https, Django's CSRF check wants the origin.
+            request.add_header("Referer", self.base_url + "/")
         try:
             with self.opener.open(request, timeout=self.timeout) as response:
                 return HttpResult(response.status, _decode(response.read()))
