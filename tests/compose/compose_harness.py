@@ -27,14 +27,16 @@ ENGINE = PROJECT / "compose" / "engine.sh"
 COMPOSE_FILE = PROJECT / "docker-compose.yml"
 OFFSET = int(os.environ.get("TEST_STACK_OFFSET", "0"))
 # Outside the ephemeral port range (32768-60999), where a bind can collide with
-# the source port of any outgoing connection.
-APP_PORT = 29000 + OFFSET
+# the source port of any outgoing connection. The TLS proxy's: the stack publishes no other.
+PROXY_PORT = 29000 + OFFSET
 LOCUST_PORT = 29100 + OFFSET
 PROJECT_NAME = f"chattest{OFFSET or ''}"
 # Serialises sessions on one machine: they would share the engine and its docker0.
 LOCK_FILE = Path("/run/lock/chat-compose-test.lock")
 LOCK_WAIT_S = 1200
-LONG_RUNNING = ("postgres", "pgbouncer", "redis", "app")
+LONG_RUNNING = ("postgres", "pgbouncer", "redis", "app", "proxy")
+# What the proxy tells Daphne, for a test that talks to Daphne itself (direct_url).
+DIRECT_HEADERS = {"Host": "app:8000", "X-Forwarded-Proto": "https"}
 SUBNETS = ("POOLER", "DATABASE", "MIGRATIONS", "MONITORING")  # docker-compose.yml's SUBNET_*
 IMAGE_TAG = "local"
 # What the test keeps for a reader: Compose v2's `up --wait` output (README, "Docker Compose").
@@ -78,7 +80,22 @@ class ComposeStack:
 
     @property
     def app_url(self) -> str:
-        return f"http://127.0.0.1:{APP_PORT}"
+        """The stack as a browser reaches it: through the TLS proxy (trust ca_file())."""
+        return f"https://127.0.0.1:{PROXY_PORT}"
+
+    @property
+    def direct_url(self) -> str:
+        """Daphne itself, past the proxy and its rate limits, for tests that load the app: its
+        address on the internal `web` network, which the engine's host reaches. Requests must
+        carry DIRECT_HEADERS, or DJANGO_HTTPS redirects them to https."""
+        return f"http://{self.ip_address('app', 'web')}:8000"
+
+    def ca_file(self) -> str:
+        """The `secrets` job's CA, which issued the proxy's certificate, as a file (read once)."""
+        path = self.env_file.with_name("ca.crt")
+        if not path.exists():
+            path.write_text(self.secret("ca.crt"))
+        return str(path)
 
     def compose(self, *args, timeout: float = 120, check: bool = True, profile: bool = False):
         argv = [
@@ -249,7 +266,7 @@ def write_env_file(path: Path) -> None:
     subnet = 232 + OFFSET % 20  # away from the defaults (10.231.x), so a stack of yours may run too
     lines = [
         f"COMPOSE_PROJECT_NAME={PROJECT_NAME}",
-        f"APP_PUBLISH=127.0.0.1:{APP_PORT}",
+        f"PROXY_PUBLISH=127.0.0.1:{PROXY_PORT}",
         f"LOCUST_PUBLISH=127.0.0.1:{LOCUST_PORT}",
         *(f"SUBNET_{name}=10.{subnet}.{n}.0/26" for n, name in enumerate(SUBNETS, 1)),
         # A short, bounded proof run: enough to show the naive target leaking.

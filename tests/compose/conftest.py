@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 
 import pytest
 from compose_harness import (
-    APP_PORT,
     BUILD_TIMEOUT_S,
     COMPOSE_VERSIONS,
     ENGINE,
     LOCK_FILE,
     LOCK_WAIT_S,
     LOCUST_PORT,
+    PROXY_PORT,
     RESULTS,
     TIMINGS,
     UP_TIMEOUT_S,
@@ -85,7 +85,7 @@ def compose_stack(request, compose_engine, tmp_path_factory):
     write_env_file(env_file)
     # Whatever an interrupted session left under this project name.
     stack.compose("down", "--volumes", "--remove-orphans", profile=True, check=False)
-    for port in (APP_PORT, LOCUST_PORT):
+    for port in (PROXY_PORT, LOCUST_PORT):
         assert port_is_free(port), f"127.0.0.1:{port} is in use; set TEST_STACK_OFFSET to move the test stack"
     failed_during_setup = True
     try:

@@ -4,13 +4,27 @@ Each test talks to the running containers: through the published port as a user
 would, and with `docker exec` into PostgreSQL and PgBouncer to see what they saw.
 """
 
+import http.client
 import json
+import re
+import socket as socket_module
+import ssl
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from compose_harness import APP_PORT, IMAGE_TAG, LOCUST_PORT, LONG_RUNNING, PROJECT_NAME, ComposeStack
+import websocket
+from compose_harness import (
+    DIRECT_HEADERS,
+    IMAGE_TAG,
+    LOCUST_PORT,
+    LONG_RUNNING,
+    PROJECT_NAME,
+    PROXY_PORT,
+    ComposeStack,
+)
 
 from probes.chat import ChatHttp, ChatSocket
 from probes.connections import APP_ROLE, connection_bound
@@ -30,10 +44,10 @@ def test_every_service_is_healthy_and_the_migration_job_succeeded(compose_stack:
     assert int(migrations[0]["n"]) >= 1
 
 
-def test_only_the_app_is_published_and_only_on_loopback(compose_stack: ComposeStack):
-    published = compose_stack.compose("port", "app", "8000").stdout.strip()
-    assert published == f"127.0.0.1:{APP_PORT}"
-    for service in ("postgres", "pgbouncer", "redis"):
+def test_only_the_proxy_is_published_and_only_on_loopback(compose_stack: ComposeStack):
+    published = compose_stack.compose("port", "proxy", "8443").stdout.strip()
+    assert published == f"127.0.0.1:{PROXY_PORT}"
+    for service in ("app", "postgres", "pgbouncer", "redis"):  # Daphne's port included
         ports = compose_stack.docker(
             "inspect", "--format", "{{json .NetworkSettings.Ports}}", compose_stack.container(service)
         ).stdout
@@ -43,7 +57,7 @@ def test_only_the_app_is_published_and_only_on_loopback(compose_stack: ComposeSt
 def test_every_running_container_is_locked_down(compose_stack: ComposeStack):
     """What docker-compose.yml promises (x-hardening), read back from the engine for every
     container that runs: no root, no capabilities, no privilege gain, nothing writable
-    but volumes and tmpfs, and no published port but the app's, on loopback only."""
+    but volumes and tmpfs, and no published port but the proxy's, on loopback only."""
     _up_healthy(compose_stack, "locust-master", "locust-worker")  # the loadtest profile too
     ids = compose_stack.docker(
         "ps", "--quiet", "--filter", f"label=com.docker.compose.project={PROJECT_NAME}"
@@ -67,7 +81,7 @@ def test_every_running_container_is_locked_down(compose_stack: ComposeStack):
             if bindings
         }
         expected = {
-            "app": {"8000/tcp": [("127.0.0.1", str(APP_PORT))]},
+            "proxy": {"8443/tcp": [("127.0.0.1", str(PROXY_PORT))]},
             "locust-master": {"8089/tcp": [("127.0.0.1", str(LOCUST_PORT))]},
         }.get(service, {})
         assert published == expected, f"{service} publishes {published}"
@@ -76,15 +90,17 @@ def test_every_running_container_is_locked_down(compose_stack: ComposeStack):
 
 
 def test_healthz_answers_through_the_published_port(compose_stack: ComposeStack):
-    result = ChatHttp(compose_stack.app_url).request("GET", "/healthz")
+    result = ChatHttp(compose_stack.app_url, ca_file=compose_stack.ca_file()).request("GET", "/healthz")
     assert result.status == 200
     assert result.body == {"status": "ok", "database": "ok"}
 
 
 def test_websocket_messages_are_acknowledged_and_stored(compose_stack: ComposeStack):
     room = f"c-{uuid.uuid4().hex[:12]}"
-    ChatHttp(compose_stack.app_url).ensure_room(room)
-    socket = ChatSocket(compose_stack.app_url, room, "compose-test")
+    ChatHttp(compose_stack.app_url, ca_file=compose_stack.ca_file()).ensure_room(room)
+    socket = ChatSocket(
+        compose_stack.app_url, room, "compose-test", sslopt={"ca_certs": compose_stack.ca_file()}
+    )
     try:
         assert socket.ready == {"type": "ready", "room": room, "author": "compose-test"}
         acks = {}
@@ -113,6 +129,7 @@ POSTER_RATE_PER_S = 10
 
 def _load(base_url: str, room: str, seconds: float) -> int:
     """Concurrent HTTP reads and paced WebSocket posts for a few seconds; returns requests made.
+    Straight to Daphne (base_url: ComposeStack.direct_url), past the proxy's rate limits.
 
     Every worker stops by the deadline; an error in any of them is raised here, as it was.
     """
@@ -121,13 +138,14 @@ def _load(base_url: str, room: str, seconds: float) -> int:
     def reader() -> int:
         api, done = ChatHttp(base_url), 0
         while time.monotonic() < deadline:
-            result = api.request("GET", f"/api/rooms/{room}/messages?limit=20")
+            result = api.request("GET", f"/api/rooms/{room}/messages?limit=20", headers=DIRECT_HEADERS)
             assert result.status == 200, result
             done += 1
         return done
 
     def poster(worker: int) -> int:
-        socket, done = ChatSocket(base_url, room, f"load-{worker}"), 0
+        host = DIRECT_HEADERS["Host"]  # Origin and Host: a name in DJANGO_ALLOWED_HOSTS
+        socket, done = ChatSocket(base_url, room, f"load-{worker}", origin=f"http://{host}", host=host), 0
         try:
             while (now := time.monotonic()) < deadline:
                 reply = socket.post(f"load {worker}/{done}", f"l{worker}-{done}-{uuid.uuid4().hex[:6]}")
@@ -148,7 +166,7 @@ def test_app_role_reaches_postgres_only_through_pgbouncer_within_the_pool_bound(
 ):
     bound = connection_bound()
     room = f"c-{uuid.uuid4().hex[:12]}"
-    ChatHttp(compose_stack.app_url).ensure_room(room)
+    ChatHttp(compose_stack.app_url, ca_file=compose_stack.ca_file()).ensure_room(room)
     app_backends_sql = (
         "SELECT pid, host(client_addr) AS addr FROM pg_stat_activity "
         "WHERE datname = 'chat' AND usename = :'role' AND backend_type = 'client backend'"
@@ -157,7 +175,7 @@ def test_app_role_reaches_postgres_only_through_pgbouncer_within_the_pool_bound(
     peak = 0
     samples = 0
     with ThreadPoolExecutor(max_workers=1) as loader:
-        load = loader.submit(_load, compose_stack.app_url, room, 8)
+        load = loader.submit(_load, compose_stack.direct_url, room, 8)
         while not load.done() and samples < 40:  # bounded: at most 40 samples, one every ~0.3 s
             peak = max(peak, len(compose_stack.psql(app_backends_sql, role=APP_ROLE)))
             samples += 1
@@ -279,7 +297,8 @@ def test_no_password_is_in_any_containers_environment(compose_stack: ComposeStac
 
 
 def test_every_connection_between_services_uses_tls(compose_stack: ComposeStack):
-    ChatHttp(compose_stack.app_url).request("GET", "/healthz")  # the app's pool connects
+    api = ChatHttp(compose_stack.app_url, ca_file=compose_stack.ca_file())
+    api.request("GET", "/healthz")  # the app's pool connects
     backends = compose_stack.psql(
         "SELECT a.usename, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
         "WHERE a.datname = 'chat' AND a.backend_type = 'client backend' "
@@ -337,6 +356,152 @@ def test_each_role_logs_in_only_from_its_own_network(compose_stack: ComposeStack
     )
     # PgBouncer's words for "no hba rule admits you": 1.18 "login rejected", 1.24 this.
     assert "no authentication method is found" in console
+
+
+# --- The browser's hop: the TLS proxy, and the doors it and the app close ---------------------
+
+
+def _https_get(compose_stack: ComposeStack, path: str) -> tuple[int, dict[str, str], str]:
+    """GET through the proxy, trusting the stack's CA: (status, headers, body); no redirect followed."""
+    context = ssl.create_default_context(cafile=compose_stack.ca_file())
+    connection = http.client.HTTPSConnection("127.0.0.1", PROXY_PORT, context=context, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, dict(response.headers), response.read().decode()
+    finally:
+        connection.close()
+
+
+def _handshake(compose_stack: ComposeStack, room: str) -> int:
+    """One WebSocket handshake through the proxy: 101 when it was upgraded, else the HTTP status."""
+    url = compose_stack.app_url.replace("https://", "wss://") + f"/ws/rooms/{room}/?name=flood"
+    try:
+        websocket.create_connection(
+            url, origin=compose_stack.app_url, sslopt={"ca_certs": compose_stack.ca_file()}, timeout=5
+        ).close()
+    except websocket.WebSocketBadStatusException as refused:
+        return refused.status_code
+    return 101
+
+
+def test_the_page_comes_over_https_with_a_nonce_policy_and_hsts(compose_stack: ComposeStack):
+    status, headers, page = _https_get(compose_stack, "/")
+    assert status == 200
+    policy = dict(
+        directive.strip().split(" ", 1) for directive in headers["Content-Security-Policy"].split(";")
+    )
+    nonce = re.fullmatch(r"'nonce-([A-Za-z0-9_-]{22})'", policy["script-src"]).group(1)
+    assert policy["style-src"] == f"'nonce-{nonce}'"
+    # The page's one inline script and style carry it, and nothing inline goes without it.
+    assert re.findall(r"<script[^>]*>", page) == [f'<script nonce="{nonce}">']
+    assert re.findall(r"<style[^>]*>", page) == [f'<style nonce="{nonce}">']
+    assert (policy["default-src"], policy["connect-src"]) == ("'self'", "'self'")
+    assert (policy["frame-ancestors"], policy["base-uri"]) == ("'none'", "'none'")
+    assert _https_get(compose_stack, "/")[1]["Content-Security-Policy"] != headers["Content-Security-Policy"]
+    # HSTS for a year; includeSubDomains and preload only when the operator opts in.
+    assert headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert "no-store" in headers["Cache-Control"]  # a nonce is never served twice
+    assert "; Secure" in headers["Set-Cookie"]
+    # Every other response gets a policy that allows nothing: the API's JSON, for one.
+    status, headers, _ = _https_get(compose_stack, "/api/rooms")
+    assert status == 200
+    assert headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+def test_a_websocket_through_the_proxy_is_ready_and_acknowledged(compose_stack: ComposeStack):
+    room = f"c-{uuid.uuid4().hex[:12]}"
+    api = ChatHttp(compose_stack.app_url, ca_file=compose_stack.ca_file())
+    api.ensure_room(room)  # a POST over https: the CSRF cookie is Secure, the Referer checked
+    socket = ChatSocket(
+        compose_stack.app_url, room, "via-proxy", sslopt={"ca_certs": compose_stack.ca_file()}
+    )
+    try:
+        assert socket.ws.sock.version() in ("TLSv1.2", "TLSv1.3")
+        assert socket.ready == {"type": "ready", "room": room, "author": "via-proxy"}
+        ack = socket.post("through nginx", "proxy-1")
+        assert (ack["type"], ack["client_id"]) == ("ack", "proxy-1")
+    finally:
+        socket.close()
+
+
+def test_the_tls_port_refuses_plain_http_old_tls_and_an_untrusted_certificate(compose_stack: ComposeStack):
+    # Plain HTTP to the TLS port: nginx's 400, never the page.
+    with socket_module.create_connection(("127.0.0.1", PROXY_PORT), timeout=10) as plain:
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := plain.recv(4096):
+            answer += chunk
+    assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert answer.startswith(b"HTTP/1.1 400") and b"plain HTTP request was sent to HTTPS port" in answer
+
+    def handshake(context: ssl.SSLContext) -> str:
+        with (
+            socket_module.create_connection(("127.0.0.1", PROXY_PORT), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            return tls.version()
+
+    # A client that trusts only other CAs (the system's, as a browser that was not told
+    # about the private CA) is refused the certificate.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(ssl.create_default_context())
+    trusting = ssl.create_default_context(cafile=compose_stack.ca_file())
+    assert handshake(trusting) == "TLSv1.3"
+    trusting.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert handshake(trusting) == "TLSv1.2"
+    # TLS 1.1: the server's alert, not a client that could not even try.
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.load_verify_locations(compose_stack.ca_file())
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")
+    old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises(ssl.SSLError, match="ALERT_PROTOCOL_VERSION"):
+        handshake(old)
+
+
+# proxy/nginx.conf: per client address, handshakes 2/s (burst 20), history 1/s (burst 10),
+# other requests 5/s (burst 20). Every bucket is full again after this long.
+LIMITS_REFILL_S = 11
+
+
+def test_one_address_flooding_gets_429_while_a_page_load_does_not(compose_stack: ComposeStack):
+    """All clients of this test share one address (the engine's gateway), so the per-address
+    limits show as: what a page does passes, a flood from the same address gets 429."""
+    room = f"c-{uuid.uuid4().hex[:12]}"
+    api = ChatHttp(compose_stack.app_url, ca_file=compose_stack.ca_file())
+    api.ensure_room(room)
+    time.sleep(LIMITS_REFILL_S)  # whatever earlier tests spent
+    # What a page load does, and an API client's history request: twice (a reload).
+    for _ in range(2):
+        assert _https_get(compose_stack, "/")[0] == 200
+        assert _https_get(compose_stack, "/api/rooms")[0] == 200
+        assert _handshake(compose_stack, room) == 101
+        assert _https_get(compose_stack, f"/api/rooms/{room}/messages?limit=20")[0] == 200
+
+    # A flood of handshakes: bounded in count, each bounded in time.
+    started = time.monotonic()
+    handshakes = Counter(_handshake(compose_stack, room) for _ in range(60))
+    elapsed = time.monotonic() - started
+    assert set(handshakes) == {101, 429}, handshakes
+    assert handshakes[101] <= 20 - 2 + 2 * elapsed + 1, (handshakes, elapsed)  # burst, less the page's
+    # History: the lower rate; refused in the API's error shape, saying when to come back.
+    history = [_https_get(compose_stack, f"/api/rooms/{room}/messages?limit=20") for _ in range(30)]
+    statuses = Counter(status for status, _, _ in history)
+    assert statuses[429] >= 10 and statuses[200] <= 12, statuses
+    _, headers, body = next(answer for answer in history if answer[0] == 429)
+    assert json.loads(body)["code"] == "rate_limited"
+    assert headers["Retry-After"] == "1"
+    # The rest of the API, at its own rate.
+    assert Counter(_https_get(compose_stack, "/api/rooms")[0] for _ in range(40))[429] >= 10
+
+    # A rate, not a ban: once the buckets refill, the same address is served again (and the
+    # tests after this one find them full).
+    time.sleep(LIMITS_REFILL_S)
+    assert _handshake(compose_stack, room) == 101
+    assert _https_get(compose_stack, f"/api/rooms/{room}/messages?limit=20")[0] == 200
+    time.sleep(1)
 
 
 def _up_healthy(compose_stack: ComposeStack, *services: str, scale: dict[str, int] | None = None) -> None:
