@@ -241,6 +241,32 @@ def test_a_fresh_page_opens_on_a_room_and_connects(browsers):
     assert page.state_text() == "connected to lobby as guest"
 
 
+def test_the_page_runs_under_its_content_security_policy(browsers, room):
+    """The page's policy (app/chat/csp.py) lets its own nonce'd script and style run and its
+    WebSocket connect (connect-src 'self' covers ws: and wss: to the same host), and
+    blocks an inline script that lacks the nonce: the browser says so in its console."""
+    page = browsers("csp", "", room)  # connected and synced: the script ran, the socket opened
+    assert page.driver.execute_script("return getComputedStyle(document.body).maxWidth") != "none"
+    assert _csp_violations(page) == []
+    page.driver.execute_script(
+        "const s = document.createElement('script');"
+        "s.textContent = 'window.injected = true';"
+        "document.body.appendChild(s);"
+    )
+    assert page.driver.execute_script("return window.injected === undefined")
+    violations = _csp_violations(page)
+    assert violations and all("script-src" in message for message in violations), violations
+
+
+def _csp_violations(page) -> list[str]:
+    """The console's Content Security Policy messages since the last call (reading drains them)."""
+    return [
+        entry["message"]
+        for entry in page.driver.get_log("browser")
+        if "Content Security Policy" in entry["message"]
+    ]
+
+
 def test_a_message_typed_in_one_page_appears_once_in_the_other(browsers, room):
     alice = browsers("alice", "alice", room)
     bob = browsers("bob", "bob", room)
