@@ -427,6 +427,7 @@ def test_a_websocket_through_the_proxy_is_ready_and_acknowledged(compose_stack: 
         socket.close()
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")  # trying it is the point
 def test_the_tls_port_refuses_plain_http_old_tls_and_an_untrusted_certificate(compose_stack: ComposeStack):
     # Plain HTTP to the TLS port: nginx's 400, never the page.
     with socket_module.create_connection(("127.0.0.1", PROXY_PORT), timeout=10) as plain:
