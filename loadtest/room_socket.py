@@ -155,11 +155,8 @@ class RoomSocket:
                 pending.set(frame)
         elif kind == "error":
             COUNTERS["error_frames"] += 1
+            # Every error about a message names its client_id (rate_limited included).
             pending = self._pending.pop(frame.get("client_id", ""), None)
-            # Errors found before the frame is parsed (rate_limited, frame_too_large) carry
-            # no client_id: with one message in flight, it is that message's answer.
-            if pending is None and not frame.get("client_id") and len(self._pending) == 1:
-                pending = self._pending.popitem()[1]
             if pending is None:
                 self._unsolicited_errors.append(frame)
             else:
