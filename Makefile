@@ -20,9 +20,11 @@ help: ## list the targets
 deps: ## install missing Debian packages (PostgreSQL, PgBouncer, Redis, python3-venv)
 	@native/install-system-packages.sh
 
-$(VENV)/.installed: $(LOCKS)
+POOLED_POSTGRES := pooled-postgres/pyproject.toml $(shell find pooled-postgres/src -name '*.py')
+
+$(VENV)/.installed: $(LOCKS) $(POOLED_POSTGRES)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(addprefix -r ,$(LOCKS))
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(addprefix -r ,$(LOCKS)) ./pooled-postgres
 	touch $@
 
 .PHONY: venv

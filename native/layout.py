@@ -43,6 +43,8 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # As root, the app runs as the service user from a virtualenv that user can read:
 # root's own (.venv) may sit in a private checkout or use a Python under /root.
 SERVICE_VENVS = Path("/var/cache/chat-stack")
+# The pooled-postgres package, installed beside the app's lock file in every virtualenv.
+POOLED_POSTGRES = PROJECT / "pooled-postgres"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
@@ -193,8 +195,10 @@ class Layout:
     @property
     def service_venv(self) -> Path:
         """As root: a virtualenv of app/requirements.txt the service user can read, built once."""
-        requirements = (PROJECT / "app" / "requirements.txt").read_bytes()
-        key = hashlib.sha256(requirements + SYSTEM_PYTHON.encode()).hexdigest()[:12]
+        digest = hashlib.sha256((PROJECT / "app" / "requirements.txt").read_bytes() + SYSTEM_PYTHON.encode())
+        for path in [POOLED_POSTGRES / "pyproject.toml", *sorted(POOLED_POSTGRES.glob("src/**/*.py"))]:
+            digest.update(bytes(path.relative_to(POOLED_POSTGRES)) + path.read_bytes())
+        key = digest.hexdigest()[:12]
         return SERVICE_VENVS / f"venv-{key}"
 
 

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import psycopg
 
-from native.layout import PROJECT, SYSTEM_PATH, SYSTEM_PYTHON, AppRun, Config, Layout, StackError
+from native.layout import (
+    POOLED_POSTGRES,
+    PROJECT,
+    SYSTEM_PATH,
+    SYSTEM_PYTHON,
+    AppRun,
+    Config,
+    Layout,
+    StackError,
+)
 from native.profiles import PROFILES, SHIPPED, Profile
 from native.services import LONG_RUNNING, SERVICES, Service, service
 from native.supervisor import Supervisor, tail
@@ -285,6 +294,7 @@ class Stack(Layout):
                 "--no-warn-script-location",
                 "-r",
                 str(PROJECT / "app" / "requirements.txt"),
+                str(POOLED_POSTGRES),
             ],
         ]
         for step in steps:

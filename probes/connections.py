@@ -11,6 +11,9 @@ from pathlib import Path
 
 import psycopg
 
+from pooled_postgres import observe
+from pooled_postgres.observe import bound_from_settings, pgbouncer_show
+
 APP_ROLE = "chat_app"
 APP_DATABASE = "chat"
 PGBOUNCER_INI = Path(__file__).resolve().parent.parent / "pgbouncer" / "pgbouncer.ini"
@@ -34,39 +37,12 @@ def connection_bound_from_console(conn: psycopg.Connection) -> int:
 
     For a load test that reaches PgBouncer but has no copy of its ini file.
     """
-    return bound_from_settings({row["key"]: row["value"] for row in pgbouncer_show(conn, "CONFIG")})
-
-
-def bound_from_settings(settings: Mapping[str, str]) -> int:
-    """One formula for both sources: pool size plus reserve, capped per database/user."""
-
-    def setting(name: str, default: int) -> int:
-        value = str(settings.get(name, "") or "").strip()
-        return int(value) if value else default
-
-    bound = setting("default_pool_size", 20) + setting("reserve_pool_size", 0)
-    for cap in ("max_db_connections", "max_user_connections"):
-        if setting(cap, 0) > 0:
-            bound = min(bound, setting(cap, 0))
-    return bound
+    return observe.bound_from_console(conn)
 
 
 def server_connections(conn: psycopg.Connection) -> Counter:
-    """Backends connected to the app's database, counted by (role, state).
-
-    Needs a role that sees every session (pg_monitor): chat_monitor. Its own
-    session is left out.
-    """
-    rows = conn.execute(
-        """
-        SELECT usename, coalesce(state, 'unknown'), count(*)
-        FROM pg_stat_activity
-        WHERE datname = %s AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-        GROUP BY 1, 2
-        """,
-        [APP_DATABASE],
-    ).fetchall()
-    return Counter({(role, state): count for role, state, count in rows})
+    """Backends connected to the app's database, counted by (role, state) (chat_monitor sees all)."""
+    return observe.server_connections(conn, APP_DATABASE)
 
 
 def app_role_backend_pids(conn: psycopg.Connection) -> set[int]:
@@ -75,20 +51,6 @@ def app_role_backend_pids(conn: psycopg.Connection) -> set[int]:
         [APP_DATABASE, APP_ROLE],
     ).fetchall()
     return {pid for (pid,) in rows}
-
-
-def pgbouncer_show(conn: psycopg.Connection, what: str) -> list[dict]:
-    """SHOW POOLS / SERVERS / CLIENTS / STATS on PgBouncer's console, rows as dicts.
-
-    Columns vary between PgBouncer versions; read them by name.
-    """
-    if what.upper() not in {"POOLS", "SERVERS", "CLIENTS", "STATS", "DATABASES", "CONFIG"}:
-        raise ValueError(f"unsupported SHOW {what}")
-    # prepare=False: psycopg prepares a query it has run 5 times, and the admin
-    # console refuses the extended protocol that needs.
-    cursor = conn.execute(f"SHOW {what.upper()}", prepare=False)
-    names = [column.name for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def pgbouncer_server_pids(conn: psycopg.Connection, role: str = APP_ROLE) -> set[int]:

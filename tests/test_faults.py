@@ -89,11 +89,11 @@ def test_pooled_connections_survive_a_pgbouncer_restart(stack, django_app):
 
     psycopg_pool waits 1, 2, 4 s between failed checks within one checkout, so
     discarding four dead connections one at a time would outlast the pool's 5 s
-    timeout; the check (chat_site/postgresql/base.py) sweeps them all at the first.
+    timeout; the check (pooled-postgres/src/pooled_postgres/base.py) sweeps them all at the first.
     """
     from django.db import connection
 
-    from chat_site.postgresql.base import check_connection_when_disturbed
+    from pooled_postgres.base import check_connection_when_disturbed
 
     assert connection.pool._check is check_connection_when_disturbed
     try:

@@ -12,6 +12,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from chat_site.secrets import require_secret
+from pooled_postgres.config import HEALTH_CHECK_ENGINES, pooled_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -26,7 +27,7 @@ if not ALLOWED_HOSTS:
         "e.g. DJANGO_ALLOWED_HOSTS=chat.example.com"
     )
 
-INSTALLED_APPS = ["channels", "chat"]
+INSTALLED_APPS = ["channels", "chat", "pooled_postgres"]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -78,9 +79,10 @@ CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 CSRF_FAILURE_VIEW = "chat.views.csrf_failure"  # a JSON error, like the rest of the API
 
 # --- Database: PgBouncer in transaction mode --------------------------------
-# A transaction pooler hands each transaction to whichever server connection is
-# free, so no state may outlive a transaction on the server. Each setting below
-# is here for that reason; the tests in tests/test_pooler_pitfalls.py prove it.
+# pooled_database() (the pooled-postgres package, pooled-postgres/) writes the entry: every
+# option a transaction pooler and an ASGI server need, each with its reason; its system
+# checks (`manage.py check`) name any that is dropped. tests/test_pooler_pitfalls.py
+# proves each against the real PgBouncer.
 
 
 def _database(url_var: str, password_var: str) -> dict:
@@ -97,77 +99,31 @@ def _choice(name: str, choices: dict[str, str], default: str) -> str:
     return choices[value]
 
 
-def _pool_options() -> dict:
-    max_size = env.int("DATABASE_POOL_MAX_SIZE", default=4)
-    if max_size == 0:
-        return {}
-    timeout = env.float("DATABASE_POOL_TIMEOUT", default=5.0)
-    return {
-        "pool": {
-            "min_size": min(env.int("DATABASE_POOL_MIN_SIZE", default=1), max_size),
-            "max_size": max_size,
-            # Waiting longer than this for a connection (all busy, or PgBouncer down)
-            # raises PoolTimeout, which the app reports as "unavailable" instead of
-            # hanging. Queries take milliseconds: 5 s of waiting means trouble.
-            "timeout": timeout,
-            # psycopg_pool retries a failed connection after 1, 2, 4, 8, 16 s... for up to
-            # reconnect_timeout (5 minutes by default): after PgBouncer was away for 15 s,
-            # its next try can come 16 s after PgBouncer is back, and every request
-            # meanwhile times out. Ending each attempt once a request would have given up
-            # on it caps the wait at a few seconds: the next request starts a fresh
-            # attempt at once (tests/test_faults.py).
-            "reconnect_timeout": timeout,
-        }
-    }
-
-
-_app_database = _database("DATABASE_URL", "DATABASE_PASSWORD")
+# How many processes serve this project on this host (the checks compare the pools and the
+# channel layer with it); several hosts make more, which the checks then undercount.
+ASGI_PROCESSES = env.int("APP_WORKERS", default=1)
 
 DATABASES = {
     # The app's runtime path to PostgreSQL: through PgBouncer. TLS comes with the URL:
     # ?sslmode=verify-full&sslrootcert=<the CA> checks PgBouncer's certificate and name.
-    "default": {
-        **_app_database,
-        # Django's backend with a pool health check that costs no round trip unless the
-        # socket shows trouble, and then sweeps the whole pool (chat_site/postgresql/base.py);
-        # DATABASE_POOL_CHECK=query keeps Django's own, an empty query before every checkout
-        # that finds dead connections one backoff step at a time (`make bench` compares).
-        "ENGINE": _choice(
-            "DATABASE_POOL_CHECK",
-            {"socket": "chat_site.postgresql", "query": "django.db.backends.postgresql"},
-            default="socket",
-        ),
-        # 0 = close after each request / database_sync_to_async call. Under Daphne each HTTP
-        # request runs on its own thread, and a persistent per-thread connection is never
-        # closed: PostgreSQL (or PgBouncer's max_client_conn) runs out of connection slots.
-        # https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections
-        "CONN_MAX_AGE": env.int("DATABASE_CONN_MAX_AGE", default=0),
-        # Check a connection before reusing it, so a PgBouncer restart costs a reconnect
-        # rather than a failed message. With the pool on, psycopg_pool runs the check.
-        # https://docs.djangoproject.com/en/5.2/ref/databases/#connection-management
-        "CONN_HEALTH_CHECKS": env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True),
-        # QuerySet.iterator() would DECLARE a server-side cursor whose later FETCHes can
-        # land on another server connection ("cursor ... does not exist").
-        # https://docs.djangoproject.com/en/5.2/ref/databases/#transaction-pooling-server-side-cursors
-        "DISABLE_SERVER_SIDE_CURSORS": True,
-        # A transaction per view would hold a server connection for the whole request,
-        # template rendering included; autocommit holds one per statement.
-        # https://docs.djangoproject.com/en/5.2/topics/db/transactions/#tying-transactions-to-http-requests
-        "ATOMIC_REQUESTS": False,
-        "OPTIONS": {
-            # Client-side binding is Django's default with psycopg 3 and is kept: never set
-            # "server_side_binding": True here. Server-side prepared statements live on one
-            # server connection and fail under transaction pooling (PgBouncer < 1.21).
-            # https://docs.djangoproject.com/en/5.2/ref/databases/#server-side-parameters-binding
-            # Django's pool in front of PgBouncer reuses logged-in client connections, so a
-            # message does not pay a SCRAM handshake; CONN_MAX_AGE stays 0 (the pool needs
-            # it). DATABASE_POOL_MAX_SIZE=0 turns it off.
-            # https://docs.djangoproject.com/en/5.2/ref/databases/#connection-pool
-            **_pool_options(),
-            **_app_database.get("OPTIONS", {}),  # the URL's: sslmode, sslrootcert
-        },
-    },
+    "default": pooled_database(
+        _database("DATABASE_URL", "DATABASE_PASSWORD"),
+        # Django's pool in front of PgBouncer, per process; 0 turns it off.
+        pool_max_size=env.int("DATABASE_POOL_MAX_SIZE", default=4),
+        pool_min_size=env.int("DATABASE_POOL_MIN_SIZE", default=1),
+        pool_timeout=env.float("DATABASE_POOL_TIMEOUT", default=5.0),
+        # socket: no round trip unless the socket shows trouble, then the whole pool is
+        # swept; query: Django's own, an empty query before every checkout, which finds
+        # dead connections one backoff step at a time (`make bench` compares).
+        health_check=_choice("DATABASE_POOL_CHECK", {name: name for name in HEALTH_CHECK_ENGINES}, "socket"),
+    )
 }
+# For `make bench`'s comparison profiles only, which leak on purpose (naive, pgbouncer-60):
+# their migrate job would otherwise stop at the check that names the leak.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
+if DATABASES["default"]["CONN_MAX_AGE"] != 0:
+    SILENCED_SYSTEM_CHECKS.append("pooled_postgres.E001")
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
 
 # Straight to PostgreSQL, for migrations/DDL only (`manage.py migrate --database direct`):
 # DDL and session state do not belong behind a transaction pooler.
