@@ -130,6 +130,7 @@ def passfile_dsns(stack, tmp_path) -> dict[str, str]:
     passfile = tmp_path / "pgpass"
     dsns = {
         "app": stack.dsn("chat_app", through_pgbouncer=True),
+        "app-direct": stack.dsn("chat_app", through_pgbouncer=False),
         "owner-direct": stack.dsn("chat_owner", through_pgbouncer=False),
         "monitor": stack.dsn("chat_monitor", through_pgbouncer=False),
         "console": stack.dsn("pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer"),
