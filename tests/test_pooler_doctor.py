@@ -103,3 +103,11 @@ def test_server_connections_over_the_bound_are_reported(doctor, stack):
     assert result.returncode == 1
     assert "FAIL chat_app holds" in result.stdout
     assert "over the bound 0" in result.stdout
+
+
+def test_a_connection_it_cannot_make_is_one_finding_not_a_traceback(doctor):
+    result = doctor(settings="DATABASES['default']['USER'] = 'chat_nobody'")
+    assert result.returncode == 1
+    assert result.stdout.startswith("FAIL cannot connect to DATABASES['default']: "), result.stdout
+    assert "fix: check HOST, PORT, USER and the password" in result.stdout
+    assert "Traceback" not in result.stderr
