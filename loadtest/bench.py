@@ -11,6 +11,9 @@ page and history loads, for its connection peaks. Then the ceiling:
 pgbench running the same INSERT through the same PgBouncer. Then the capacity
 run: the shipped configuration under the chat scenario with many users.
 
+Each throughput run also counts the CPU each kind of process used per message
+(loadtest/cpu.py), from the kernel's accounting.
+
 Writes results/latest/bench.json (one object per configuration, with the
 summary keys, plus the ceiling and the capacity run), bench.md and bench.png,
 and prints the Markdown table. The app is left running in the shipped profile.
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import psycopg
 
-from loadtest import ceiling
+from loadtest import ceiling, cpu
 from loadtest.bench_table import CONFIGS, BenchConfig, combine, markdown, plot
 from loadtest.runner import Target, run_target, wait_healthy
 from loadtest.scenario import PROJECT, Scenario, raise_open_file_limit
@@ -198,11 +201,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 stack = start(stacks, config, stack)
                 target = Target(config.name, stack.app_url, config.description)
-                runs[config.name].append(
-                    run_target(
-                        target, scenario, out / f"{config.name}-{round_number + 1}", stack.monitor_env()
-                    )
+                before = cpu.snapshot(stack)
+                run = run_target(
+                    target, scenario, out / f"{config.name}-{round_number + 1}", stack.monitor_env()
                 )
+                sent = run["requests_by_name"].get("WS message", {}).get("requests", 0)
+                run["cpu_ms_per_message"] = cpu.per_message(before, cpu.snapshot(stack), sent)
+                runs[config.name].append(run)
         leaks: dict[str, dict] = {}
         leak = leak_scenario()
         for config in (c for c in configs if not c.extra_env and c.tls):

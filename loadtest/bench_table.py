@@ -88,12 +88,20 @@ def combine(config: BenchConfig, runs: list[dict], with_http: dict | None) -> di
         "latency_ms": worst["latency_ms"],
         "messages_per_s": round(statistics.mean(rates), 1),
         "messages_per_s_runs": rates,
+        "cpu_ms_per_message": _mean_by_kind([run.get("cpu_ms_per_message") for run in runs]),
         "verdict": verdict(max(peaks), bound),
         "server_connections_peak_websocket_only": websocket_peak,
         "with_http": _leak_figures(with_http) if with_http else None,
         "scenario": runs[0]["scenario"],
         "extra_env": config.extra_env,
     }
+
+
+def _mean_by_kind(runs: list[dict | None]) -> dict | None:
+    measured = [run for run in runs if run]
+    if not measured:
+        return None
+    return {kind: round(statistics.mean(run[kind] for run in measured), 3) for kind in measured[0]}
 
 
 def _leak_figures(summary: dict) -> dict:
@@ -148,6 +156,7 @@ def markdown(
             f"| {row['server_connections_peak_websocket_only']} / {http.get('server_connections_peak', '-')} "
             f"| {http.get('pgbouncer_clients_peak', '-')} | {_count_of(http)} | {row['verdict']} |"
         )
+    lines += cpu_table(rows)
     if connections:
         lines += ["", connection_cost(connections, rows)]
     if ceiling_row:
@@ -166,6 +175,28 @@ def markdown(
             f"{capacity['server_connection_bound']} ({capacity['verdict']}).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def cpu_table(rows: list[dict]) -> list[str]:
+    """Where the cores went: CPU milliseconds per message by kind of process, over whole runs
+    (ramp, connects and idle tail included), for the configurations that were measured."""
+    measured = [row for row in rows if row.get("cpu_ms_per_message")]
+    if not measured:
+        return []
+    kinds = list(measured[0]["cpu_ms_per_message"])
+    lines = [
+        "",
+        "CPU per message, milliseconds, by kind of process (the kernel's accounting over each "
+        "throughput run, connects included; mean of the runs):",
+        "",
+        f"| config | {' | '.join(kinds)} | all |",
+        "|---|" + "---:|" * (len(kinds) + 1),
+    ]
+    for row in measured:
+        figures = row["cpu_ms_per_message"]
+        cells = " | ".join(f"{figures[kind]:.2f}" for kind in kinds)
+        lines.append(f"| {row['config']} | {cells} | {sum(figures.values()):.2f} |")
+    return lines
 
 
 def connection_cost(connections: dict, rows: list[dict]) -> str:

@@ -9,7 +9,7 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtest.monitor import read_samples
+from pooled_postgres.watch import draw_connections, read_samples
 
 PLOT_NAME = "connections.png"
 
@@ -197,48 +197,13 @@ def plot(summaries: list[dict], names: list[str], samples: dict[str, list[dict]]
         def series(pick, rows=rows):
             return [pick(s) for s in rows]
 
-        pool = [s.get("pgbouncer_pool") or {} for s in rows]
-        axis.plot(
-            t,
-            series(lambda s: s.get("app_server_connections")),
-            color="tab:red",
-            lw=2,
-            label="PostgreSQL server connections (app role)",
+        draw_connections(
+            axis,
+            rows,
+            bound=summary["server_connection_bound"],
+            max_connections=summary.get("postgres_max_connections"),
         )
-        axis.plot(
-            t,
-            [p.get("cl_active") for p in pool],
-            color="tab:blue",
-            lw=1.2,
-            ls="--",
-            label="PgBouncer clients active",
-        )
-        axis.plot(
-            t,
-            [p.get("cl_waiting") for p in pool],
-            color="tab:purple",
-            lw=1.2,
-            ls=":",
-            label="PgBouncer clients waiting",
-        )
-        axis.axhline(
-            summary["server_connection_bound"],
-            color="black",
-            ls="-.",
-            lw=1,
-            label=f"bound ({summary['server_connection_bound']})",
-        )
-        if summary.get("postgres_max_connections"):
-            axis.axhline(
-                summary["postgres_max_connections"],
-                color="grey",
-                ls=":",
-                lw=1,
-                label=f"PostgreSQL max_connections ({summary['postgres_max_connections']})",
-            )
         axis.set_title(f"{name}: {summary['verdict']}\n{summary['config']}", fontsize=10)
-        axis.set_xlabel("seconds")
-        axis.grid(alpha=0.3)
         users = axis.twinx()
         users.fill_between(
             t, series(lambda s: s.get("users") or 0), color="tab:green", alpha=0.12, step="post"

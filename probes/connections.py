@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psycopg
 
-from pooled_postgres import observe
-from pooled_postgres.observe import bound_from_settings, pgbouncer_show
+from pooled_postgres import observe, watch
+from pooled_postgres.observe import bound_from_settings
 
 APP_ROLE = "chat_app"
 APP_DATABASE = "chat"
@@ -46,24 +46,17 @@ def server_connections(conn: psycopg.Connection) -> Counter:
 
 
 def app_role_backend_pids(conn: psycopg.Connection) -> set[int]:
-    rows = conn.execute(
-        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND usename = %s",
-        [APP_DATABASE, APP_ROLE],
-    ).fetchall()
-    return {pid for (pid,) in rows}
+    return watch.role_backend_pids(conn, APP_DATABASE, APP_ROLE)
 
 
 def pgbouncer_server_pids(conn: psycopg.Connection, role: str = APP_ROLE) -> set[int]:
     """PostgreSQL backend PIDs of PgBouncer's server connections for a role (SHOW SERVERS)."""
-    return {int(row["remote_pid"]) for row in pgbouncer_show(conn, "SERVERS") if row["user"] == role}
+    return watch.pgbouncer_server_pids(conn, role)
 
 
 def app_pool(conn: psycopg.Connection) -> dict:
     """SHOW POOLS' row for the app's (database, role) pool, or zeros before first use."""
-    for row in pgbouncer_show(conn, "POOLS"):
-        if row["database"] == APP_DATABASE and row["user"] == APP_ROLE:
-            return row
-    return {"cl_active": 0, "cl_waiting": 0, "sv_active": 0, "sv_idle": 0, "sv_used": 0, "maxwait": 0}
+    return watch.pool_row(conn, APP_DATABASE, APP_ROLE)
 
 
 def pool_server_connections(pool: Mapping) -> int:

@@ -119,3 +119,28 @@ def pgbouncer_console(stack):
         stack.dsn("pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer"), autocommit=True
     ) as conn:
         yield conn
+
+
+@pytest.fixture
+def passfile_dsns(stack, tmp_path) -> dict[str, str]:
+    """DSNs of the stack's roles as a user would write them: the passwords in a pgpass file
+    (':' and '\\' escaped), not in the DSN, the command line or the settings."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    passfile = tmp_path / "pgpass"
+    dsns = {
+        "app": stack.dsn("chat_app", through_pgbouncer=True),
+        "app-direct": stack.dsn("chat_app", through_pgbouncer=False),
+        "owner-direct": stack.dsn("chat_owner", through_pgbouncer=False),
+        "monitor": stack.dsn("chat_monitor", through_pgbouncer=False),
+        "console": stack.dsn("pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer"),
+    }
+    lines, without_passwords = [], {}
+    for name, dsn in dsns.items():
+        parts = conninfo_to_dict(dsn)
+        fields = [parts["host"], str(parts["port"]), parts["dbname"], parts["user"], parts.pop("password")]
+        lines.append(":".join(field.replace("\\", "\\\\").replace(":", "\\:") for field in fields))
+        without_passwords[name] = make_conninfo(**parts, passfile=str(passfile))
+    passfile.write_text("\n".join(lines) + "\n")
+    passfile.chmod(0o600)
+    return without_passwords

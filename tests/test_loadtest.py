@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from loadtest import cpu
 from loadtest.bench_table import BenchConfig, combine, markdown
 from loadtest.monitor import POOL_FIELDS, ConnectionMonitor, MonitorDsns, SampleLog, read_samples
 from loadtest.runner import Target, refuse_leftover_connections, run_target
@@ -180,19 +181,32 @@ def test_locust_saturating_users_send_without_pause(stack, tmp_path):
     scenario = small(mode="saturate", users=5, spawn_rate=5, hold_s=3, max_rate=10)
     http = ChatHttp(stack.app_url)
     http.ensure_room(f"{scenario.room_prefix}-0-0")  # WebSocket-only users make no HTTP requests
+    before = cpu.snapshot(stack)
     summary = run_target(Target("saturate", stack.app_url), scenario, tmp_path, stack.monitor_env())
+    after = cpu.snapshot(stack)
     assert summary["failures"] == 0
     assert set(summary["requests_by_name"]) == {"WS connect", "WS message"}
-    assert summary["requests_by_name"]["WS message"]["requests"] > summary["users"]
+    sent = summary["requests_by_name"]["WS message"]["requests"]
+    assert sent > summary["users"]
     assert summary["messages_per_s"] > 0
+
+    # Where the CPU went: every message cost Daphne, PostgreSQL, PgBouncer, Redis (the
+    # broadcast) and Locust something, and nothing a negative amount.
+    summary["cpu_ms_per_message"] = cpu.per_message(before, after, sent)
+    assert set(summary["cpu_ms_per_message"]) == set(cpu.KINDS)
+    assert all(ms > 0 for ms in summary["cpu_ms_per_message"].values()), summary["cpu_ms_per_message"]
 
     # What `make bench` makes of such runs: a row of its table, and its plot.
     row = combine(BenchConfig(SHIPPED.name, SHIPPED), [summary, summary], with_http=None)
     assert row["messages_per_s"] == summary["messages_per_s"]
     assert row["requests"] == 2 * summary["requests"]
     assert row["verdict"] == "bounded"
+    assert row["cpu_ms_per_message"] == summary["cpu_ms_per_message"]
     table = markdown([row], None, None, "header")
     assert f"| {SHIPPED.name} (shipped) | {summary['messages_per_s']:,.0f} |" in table
+    daphne_ms = row["cpu_ms_per_message"]["Daphne"]
+    assert f"| config | {' | '.join(cpu.KINDS)} | all |" in table
+    assert f"| {SHIPPED.name} | {daphne_ms:.2f} |" in table
     bench_json = tmp_path / "bench.json"
     bench_json.write_text(json.dumps([row]))
     assert command("loadtest.bench_plot", bench_json).returncode == 0

@@ -10,36 +10,13 @@ import sys
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from pooled_postgres.observe import pgbouncer_show
 
 
-def pgpass_line(dsn: str) -> str:
-    """A ~/.pgpass line for dsn (':' and '\\' escaped), and the DSN without its password."""
-    parts = conninfo_to_dict(dsn)
-    fields = [parts["host"], str(parts["port"]), parts["dbname"], parts["user"], parts["password"]]
-    return ":".join(field.replace("\\", "\\\\").replace(":", "\\:") for field in fields)
-
-
-def without_password(dsn: str, passfile) -> str:
-    parts = conninfo_to_dict(dsn)
-    parts.pop("password")
-    return psycopg.conninfo.make_conninfo(**parts, passfile=str(passfile))
-
-
 @pytest.fixture
-def doctor(stack, tmp_path):
+def doctor(tmp_path, passfile_dsns):
     """Run the doctor on pooled_database(<the role's DSN>) with some settings changed."""
-    passfile = tmp_path / "pgpass"
-    dsns = {
-        "app": stack.dsn("chat_app", through_pgbouncer=True),
-        "owner-direct": stack.dsn("chat_owner", through_pgbouncer=False),
-        "monitor": stack.dsn("chat_monitor", through_pgbouncer=False),
-        "console": stack.dsn("pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer"),
-    }
-    passfile.write_text("".join(pgpass_line(dsn) + "\n" for dsn in dsns.values()))
-    passfile.chmod(0o600)
 
     def run(*args: str, connect: str = "app", settings: str = "") -> subprocess.CompletedProcess:
         (tmp_path / "doctor_settings.py").write_text(
@@ -48,7 +25,7 @@ def doctor(stack, tmp_path):
             "SECRET_KEY = 'only-for-this-test-' + 'x' * 50\n"
             "INSTALLED_APPS = ['pooled_postgres']\n"
             "USE_TZ = True\n"
-            f"_dsn = conninfo_to_dict({without_password(dsns[connect], passfile)!r})\n"
+            f"_dsn = conninfo_to_dict({passfile_dsns[connect]!r})\n"
             "_connection = {name.upper(): _dsn.pop(key) for key, name in "
             "(('dbname', 'name'), ('user', 'user'), ('host', 'host'), ('port', 'port'))}\n"
             "DATABASES = {'default': pooled_database({**_connection, 'OPTIONS': _dsn})}\n"
@@ -68,7 +45,7 @@ def doctor(stack, tmp_path):
             check=False,
         )
 
-    run.dsn = lambda name: without_password(dsns[name], passfile)
+    run.dsn = passfile_dsns.get
     return run
 
 
@@ -126,3 +103,11 @@ def test_server_connections_over_the_bound_are_reported(doctor, stack):
     assert result.returncode == 1
     assert "FAIL chat_app holds" in result.stdout
     assert "over the bound 0" in result.stdout
+
+
+def test_a_connection_it_cannot_make_is_one_finding_not_a_traceback(doctor):
+    result = doctor(settings="DATABASES['default']['USER'] = 'chat_nobody'")
+    assert result.returncode == 1
+    assert result.stdout.startswith("FAIL cannot connect to DATABASES['default']: "), result.stdout
+    assert "fix: check HOST, PORT, USER and the password" in result.stdout
+    assert "Traceback" not in result.stderr

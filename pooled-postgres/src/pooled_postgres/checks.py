@@ -48,9 +48,9 @@ def check_persistent_connections_under_asgi(app_configs=None, **kwargs) -> list:
     return [
         Error(
             f"DATABASES[{alias!r}] keeps connections open (CONN_MAX_AGE={entry['CONN_MAX_AGE']!r}) "
-            "under an ASGI server: each request's sync work runs on its own thread, and a "
-            "persistent per-thread connection is never closed, until the server refuses "
-            "clients ('too many clients already').",
+            "under an ASGI server: each request's sync work runs on a thread of its own, whose "
+            "connection outlives the request and the thread, and they pile up until the "
+            "server refuses clients ('too many clients already').",
             hint="Set CONN_MAX_AGE to 0 and put a pool in front: Django's (OPTIONS['pool']) and a "
             f"transaction pooler such as PgBouncer. {DJANGO_DOCS}#persistent-connections",
             id="pooled_postgres.E001",

@@ -48,14 +48,24 @@ class Command(BaseCommand):
     def handle(self, *args, database, monitor_dsn, pgbouncer_dsn, bound, **options):
         wrapper = connections[database]
         params = plain(wrapper.get_connection_params())
-        findings = [
-            pooler_in_front(params),
-            repeated_statement(wrapper, params),
-            chunked_iteration(wrapper, params),
-            session_state(wrapper, params),
-        ]
-        if monitor_dsn:
-            findings.append(server_connections_within_bound(wrapper, monitor_dsn, pgbouncer_dsn, bound))
+        try:
+            findings = [
+                pooler_in_front(params),
+                repeated_statement(wrapper, params),
+                chunked_iteration(wrapper, params),
+                session_state(wrapper, params),
+            ]
+        except psycopg.OperationalError as error:  # nothing else can be checked
+            what = f"cannot connect to DATABASES[{database!r}]: {first_line(error)}"
+            findings = [
+                Finding(False, what, "check HOST, PORT, USER and the password (a passfile, or PASSWORD)")
+            ]
+        if monitor_dsn and findings[0].ok:
+            try:
+                findings.append(server_connections_within_bound(wrapper, monitor_dsn, pgbouncer_dsn, bound))
+            except psycopg.OperationalError as error:
+                what = f"cannot connect to the monitor or the console: {first_line(error)}"
+                findings.append(Finding(False, what, "check --monitor-dsn and --pgbouncer-dsn"))
         for finding in findings:
             self.stdout.write(str(finding))
         wrapper.close()
@@ -69,6 +79,10 @@ def plain(params: dict) -> dict:
     django_only = {"cursor_factory", "prepare_threshold", "context"}
     own = {key: value for key, value in params.items() if key not in django_only}
     return own | {"prepare_threshold": None}
+
+
+def first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def backend_pid(conn: psycopg.Connection) -> int:
@@ -120,7 +134,7 @@ def repeated_statement(wrapper, params: dict) -> Finding:
     except (DatabaseError, psycopg.Error) as error:
         return Finding(
             False,
-            f"a statement run {ROUNDS} times failed: {str(error).strip().splitlines()[0]}",
+            f"a statement run {ROUNDS} times failed: {first_line(error)}",
             "remove OPTIONS['server_side_binding'], or run PgBouncer 1.21+ with max_prepared_statements",
         )
     return Finding(True, f"a statement run {ROUNDS} times across server connections works")
@@ -149,7 +163,7 @@ def chunked_iteration(wrapper, params: dict) -> Finding:
     except (DatabaseError, psycopg.Error) as error:
         return Finding(
             False,
-            f"QuerySet.iterator() fails: {str(error).strip().splitlines()[0]}",
+            f"QuerySet.iterator() fails: {first_line(error)}",
             "set DISABLE_SERVER_SIDE_CURSORS = True for this database",
         )
     return Finding(rows == 3000, f"QuerySet.iterator() read {rows} of 3000 rows", "report this as a bug")
