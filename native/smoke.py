@@ -12,12 +12,9 @@ import uuid
 import psycopg
 
 from native.stack import Stack
+from pooled_postgres.observe import pgbouncer_show
 from probes.chat import ChatHttp, ChatSocket
-from probes.connections import (
-    app_role_backend_pids,
-    connection_bound,
-    pgbouncer_show,
-)
+from probes.connections import app_role_backend_pids, connection_bound
 
 
 def check(stack: Stack) -> list[str]:

@@ -14,7 +14,7 @@ def api(stack):
 
 
 def test_healthz_proves_a_round_trip_through_pgbouncer(api, pgbouncer_console):
-    from probes.connections import pgbouncer_show
+    from pooled_postgres.observe import pgbouncer_show
 
     def app_queries():
         stats = {row["database"]: row for row in pgbouncer_show(pgbouncer_console, "STATS")}

@@ -115,8 +115,9 @@ def test_app_settings_follow_the_transaction_pooling_rules(django_app):
 def test_postgresql_sees_only_pgbouncer_connections_for_the_app_role(
     stack, room, monitor_db, pgbouncer_console
 ):
+    from pooled_postgres.observe import pgbouncer_show
     from probes.chat import ChatSocket
-    from probes.connections import app_role_backend_pids, connection_bound, pgbouncer_show
+    from probes.connections import app_role_backend_pids, connection_bound
 
     sockets = [ChatSocket(stack.app_url, room, f"user{n}") for n in range(4)]
     for n, socket in enumerate(sockets):
@@ -137,7 +138,7 @@ def test_server_side_prepared_statements_need_pgbouncer_support(stack, pgbouncer
     prepared on one server connection is missing on the next; 1.24 tracks them when
     max_prepared_statements > 0 (its default is 200).
     """
-    from probes.connections import pgbouncer_show
+    from pooled_postgres.observe import pgbouncer_show
 
     config = {row["key"]: row["value"] for row in pgbouncer_show(pgbouncer_console, "CONFIG")}
     tracked = int(config.get("max_prepared_statements", "0")) > 0

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 import redis
 
-from probes.connections import pgbouncer_show
+from pooled_postgres.observe import pgbouncer_show
 
 
 def connect(stack, role, *, through_pgbouncer, dbname="chat", password=None):

@@ -85,8 +85,8 @@ def test_a_server_whose_certificate_names_another_host_is_refused(stack, hop):
 
 
 def test_every_connection_the_stack_makes_is_encrypted(stack, room, pgbouncer_console, monitor_db):
+    from pooled_postgres.observe import pgbouncer_show
     from probes.chat import ChatSocket
-    from probes.connections import pgbouncer_show
 
     socket = ChatSocket(stack.app_url, room, "encrypted")
     assert socket.post("over TLS all the way", "tls-1")["type"] == "ack"
