@@ -122,6 +122,16 @@ def pgbouncer_console(stack):
 
 
 @pytest.fixture
+def leaves_prepared_statements(stack):
+    """For a test that prepares statements through PgBouncer: transaction pooling leaves them
+    on the server connections, where a later test's statement of the same name (psycopg
+    calls every connection's first one _pg3_0) would run this test's query instead of its
+    own, without an error. PgBouncer is restarted afterwards, so no later test inherits them."""
+    yield
+    stack.restart("pgbouncer")
+
+
+@pytest.fixture
 def passfile_dsns(stack, tmp_path) -> dict[str, str]:
     """DSNs of the stack's roles as a user would write them: the passwords in a pgpass file
     (':' and '\\' escaped), not in the DSN, the command line or the settings."""

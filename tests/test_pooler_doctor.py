@@ -75,7 +75,9 @@ def test_server_side_cursors_break_iteration(doctor):
     assert "fix: set DISABLE_SERVER_SIDE_CURSORS = True" in result.stdout
 
 
-def test_prepared_statements_fail_unless_pgbouncer_tracks_them(doctor, pgbouncer_console):
+def test_prepared_statements_fail_unless_pgbouncer_tracks_them(
+    doctor, pgbouncer_console, leaves_prepared_statements
+):
     config = {row["key"]: row["value"] for row in pgbouncer_show(pgbouncer_console, "CONFIG")}
     tracked = int(config.get("max_prepared_statements", "0")) > 0
     result = doctor(

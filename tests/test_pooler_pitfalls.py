@@ -131,7 +131,9 @@ def test_postgresql_sees_only_pgbouncer_connections_for_the_app_role(
     assert len(backends) <= connection_bound()
 
 
-def test_server_side_prepared_statements_need_pgbouncer_support(stack, pgbouncer_console):
+def test_server_side_prepared_statements_need_pgbouncer_support(
+    stack, pgbouncer_console, leaves_prepared_statements
+):
     """Why client-side binding: psycopg's own prepared statements across server connections.
 
     PgBouncer < 1.21 (Debian 12 ships 1.18) does not track them, so the statement
@@ -142,13 +144,15 @@ def test_server_side_prepared_statements_need_pgbouncer_support(stack, pgbouncer
 
     config = {row["key"]: row["value"] for row in pgbouncer_show(pgbouncer_console, "CONFIG")}
     tracked = int(config.get("max_prepared_statements", "0")) > 0
+    # A statement that fails ("does not exist", "already exists") or, worse, answers with
+    # another query's result (a server connection holding another _pg3_0) is a failure.
     failures = 0
     dsn = stack.dsn("chat_app", through_pgbouncer=True)
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
         for n in range(6):
             with server_connection_taken(stack) if n % 2 else nullcontext():
                 try:
-                    conn.execute("SELECT %s::int", [n])
+                    failures += conn.execute("SELECT %s::int", [n]).fetchone() != (n,)
                 except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement):
                     failures += 1
     assert (failures == 0) if tracked else (failures > 0)
