@@ -268,7 +268,11 @@ def hand_over(root: Path, store: Path, consumer: str, files: tuple[str, ...], ow
         if owner is not None:
             os.chown(path, *owner)
         path.chmod(0o500 if path.is_dir() else 0o400)
-    shutil.rmtree(target, ignore_errors=True)
+    if target.is_dir() and not target.is_symlink():
+        # Handed over as 0500: its files cannot be removed until it is writable again (root
+        # never notices; the regular user who runs the native stack does, at the next start).
+        target.chmod(0o700)
+        shutil.rmtree(target)
     staging.rename(target)
 
 

@@ -6,9 +6,12 @@ whole second native stack started with such passwords of its own.
 """
 
 import os
+import pwd
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,6 +49,36 @@ def test_a_second_run_keeps_every_secret_and_certificate(tmp_path):
     assert {"ca.crt", "ca.key", "postgres.crt", "proxy.key", "POSTGRES_APP_PASSWORD"} <= set(first)
     assert generate(tmp_path).returncode == 0
     assert files(tmp_path / "store") == first
+
+
+def test_a_regular_user_makes_them_again_over_what_it_handed_over(tmp_path):
+    """Root never meets a permission; the regular user who runs `make demo` (the stack
+    restarts in each profile) must be able to replace the 0500 directories it handed over."""
+    if os.geteuid() != 0:
+        workdir, argv = tmp_path, [sys.executable, str(GENERATE)]
+    else:  # as the unprivileged user the native stack runs its services as
+        user = pwd.getpwnam("postgres")
+        workdir = Path(tempfile.mkdtemp(prefix="secrets-as-user-"))
+        shutil.copy(GENERATE, workdir / "generate.py")
+        os.chown(workdir, user.pw_uid, user.pw_gid)
+        workdir.chmod(0o755)
+        argv = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+                "/usr/bin/python3", str(workdir / "generate.py")]  # fmt: skip
+    try:
+        for run in ("first", "second"):
+            result = subprocess.run(
+                argv,
+                env={"PATH": os.environ["PATH"], "SECRETS_DIR": str(workdir / "secrets")},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, f"{run} run: {result.stderr}"
+        assert (workdir / "secrets" / "postgres" / "POSTGRES_OWNER_VERIFIER").exists()
+    finally:
+        if workdir != tmp_path:
+            shutil.rmtree(workdir)
 
 
 def test_each_service_gets_only_what_it_needs_and_no_password_a_server_can_do_without(tmp_path):
