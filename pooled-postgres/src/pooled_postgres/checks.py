@@ -130,9 +130,9 @@ def check_transaction_pooler_options(app_configs=None, **kwargs) -> list:
 
 
 def _time_zone(alias: str, entry: dict[str, Any]) -> list:
-    # What Django asks every new connection for (DatabaseWrapper.timezone_name); it sends
-    # SET TIME ZONE whenever the server reports another.
-    wanted = (entry.get("TIME_ZONE") or "UTC") if settings.USE_TZ else settings.TIME_ZONE
+    # What Django asks every new connection for; it sends SET TIME ZONE whenever the
+    # server reports another. Reading it connects to nothing.
+    wanted = connections[alias].timezone_name
     server = (entry.get("POOLER") or {}).get("SERVER_TIME_ZONE", "UTC")
     if wanted == server:
         return []

@@ -12,6 +12,11 @@ import psycopg
 SHOWABLE = {"POOLS", "SERVERS", "CLIENTS", "STATS", "DATABASES", "CONFIG"}
 
 
+def first_line(error: Exception) -> str:
+    """A database error as one line: psycopg's messages carry DETAIL and HINT lines below."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def bound_from_settings(settings: Mapping[str, str]) -> int:
     """Most server connections PgBouncer opens for one (database, user) pool, from its settings:
     default_pool_size + reserve_pool_size, capped by max_db_connections / max_user_connections

@@ -29,7 +29,7 @@ from typing import IO
 
 import psycopg
 
-from pooled_postgres.observe import bound_from_console, pgbouncer_show, server_connections
+from pooled_postgres.observe import bound_from_console, first_line, pgbouncer_show, server_connections
 
 POOL_FIELDS = ("cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "maxwait")
 # The CSV's columns, flat; the JSON lines keep the full per-role breakdown.
@@ -93,7 +93,7 @@ class ConnectionWatch:
             try:
                 counts = server_connections(self._postgres, self.database)
             except psycopg.Error as error:
-                reading["postgres_error"] = _one_line(error)
+                reading["postgres_error"] = first_line(error)
                 self._postgres = _closed(self._postgres)
             else:
                 by_role: dict[str, dict[str, int]] = {}
@@ -105,7 +105,7 @@ class ConnectionWatch:
             try:
                 pool = pool_row(self._pgbouncer, self.database, self.role)
             except psycopg.Error as error:
-                reading["pgbouncer_error"] = _one_line(error)
+                reading["pgbouncer_error"] = first_line(error)
                 self._pgbouncer = _closed(self._pgbouncer)
             else:
                 reading["pgbouncer_pool"] = {name: int(pool.get(name, 0)) for name in POOL_FIELDS}
@@ -160,10 +160,6 @@ def _try_connect(dsn: str) -> psycopg.Connection | None:
 def _closed(conn: psycopg.Connection) -> None:
     """Close a connection that failed; returns None, its replacement until it reconnects."""
     conn.close()
-
-
-def _one_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def flat_row(sample: dict, role: str, columns: Iterable[str]) -> dict:

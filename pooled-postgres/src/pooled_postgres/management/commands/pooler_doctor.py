@@ -14,7 +14,7 @@ import psycopg
 from django.core.management.base import BaseCommand
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
-from pooled_postgres.observe import bound_from_console, role_connections
+from pooled_postgres.observe import bound_from_console, first_line, role_connections
 
 ROUNDS = 12  # more than psycopg's prepare_threshold (5): a prepared statement gets reused
 
@@ -79,10 +79,6 @@ def plain(params: dict) -> dict:
     django_only = {"cursor_factory", "prepare_threshold", "context"}
     own = {key: value for key, value in params.items() if key not in django_only}
     return own | {"prepare_threshold": None}
-
-
-def first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def backend_pid(conn: psycopg.Connection) -> int:
