@@ -5,13 +5,12 @@ number is computed one way only.
 """
 
 import configparser
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
 import psycopg
 
-from pooled_postgres import observe, watch
+from pooled_postgres import watch
 from pooled_postgres.observe import bound_from_settings
 
 APP_ROLE = "chat_app"
@@ -32,26 +31,8 @@ def connection_bound(ini: Path = PGBOUNCER_INI) -> int:
     return bound_from_settings(parser["pgbouncer"])
 
 
-def connection_bound_from_console(conn: psycopg.Connection) -> int:
-    """The same bound from the settings a running PgBouncer reports (SHOW CONFIG).
-
-    For a load test that reaches PgBouncer but has no copy of its ini file.
-    """
-    return observe.bound_from_console(conn)
-
-
-def server_connections(conn: psycopg.Connection) -> Counter:
-    """Backends connected to the app's database, counted by (role, state) (chat_monitor sees all)."""
-    return observe.server_connections(conn, APP_DATABASE)
-
-
 def app_role_backend_pids(conn: psycopg.Connection) -> set[int]:
     return watch.role_backend_pids(conn, APP_DATABASE, APP_ROLE)
-
-
-def pgbouncer_server_pids(conn: psycopg.Connection, role: str = APP_ROLE) -> set[int]:
-    """PostgreSQL backend PIDs of PgBouncer's server connections for a role (SHOW SERVERS)."""
-    return watch.pgbouncer_server_pids(conn, role)
 
 
 def app_pool(conn: psycopg.Connection) -> dict:

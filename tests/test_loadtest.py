@@ -20,12 +20,12 @@ from loadtest.runner import Target, refuse_leftover_connections, run_target
 from loadtest.scenario import PROJECT, Scenario, locust_options
 from loadtest.verdicts import reasons_to_fail
 from native.profiles import PROFILES, SHIPPED
+from pooled_postgres.observe import bound_from_console
 from probes.chat import ChatHttp, ChatSocket
 from probes.connections import (
     APP_ROLE,
     app_role_backend_pids,
     connection_bound,
-    connection_bound_from_console,
 )
 
 
@@ -73,7 +73,7 @@ def test_the_monitor_samples_what_postgresql_and_pgbouncer_hold(stack, room, mon
 
 def test_the_bound_is_the_same_read_from_the_ini_or_from_the_running_pgbouncer(monitor, pgbouncer_console):
     bound, source = monitor.bound()
-    assert bound == connection_bound() == connection_bound_from_console(pgbouncer_console)
+    assert bound == connection_bound() == bound_from_console(pgbouncer_console)
     assert source.endswith("pgbouncer.ini")
 
 
