@@ -4,6 +4,7 @@ It runs on its own ports and state directory, so a `make up` stack is left alone
 and is stopped (by PID) when the session ends, pass or fail.
 """
 
+import contextlib
 import os
 import sys
 import uuid
@@ -119,6 +120,24 @@ def pgbouncer_console(stack):
         stack.dsn("pgbouncer_stats", through_pgbouncer=True, dbname="pgbouncer"), autocommit=True
     ) as conn:
         yield conn
+
+
+@pytest.fixture
+def open_transactions(stack):
+    """open_transactions(n): n clients of PgBouncer as the app role, each in an open
+    transaction, so each holds a server connection until the block ends. PgBouncer hands
+    out server connections last-in first-out: the first one taken is the one the previous
+    statement ran on, so the next statement lands on another."""
+
+    @contextlib.contextmanager
+    def holding(count: int = 1):
+        with contextlib.ExitStack() as held:
+            for _ in range(count):
+                conn = held.enter_context(psycopg.connect(stack.dsn("chat_app", through_pgbouncer=True)))
+                conn.execute("SELECT 1")  # not autocommit: the transaction stays open
+            yield
+
+    return holding
 
 
 @pytest.fixture

@@ -3,9 +3,6 @@
 import csv
 import subprocess
 import sys
-from contextlib import ExitStack
-
-import psycopg
 
 from pooled_postgres.watch import WATCH_COLUMNS
 
@@ -39,17 +36,10 @@ def watch(passfile_dsns, out, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def holding_transactions(stack, count: int) -> ExitStack:
-    """`count` clients of PgBouncer, each in an open transaction: `count` server connections busy."""
-    held = ExitStack()
-    for _ in range(count):
-        conn = held.enter_context(psycopg.connect(stack.dsn("chat_app", through_pgbouncer=True)))
-        conn.execute("SELECT 1")  # not autocommit: the transaction stays open
-    return held
-
-
-def test_it_shows_connections_within_the_bound_live_in_csv_and_as_a_plot(stack, passfile_dsns, tmp_path):
-    with holding_transactions(stack, 3):
+def test_it_shows_connections_within_the_bound_live_in_csv_and_as_a_plot(
+    open_transactions, passfile_dsns, tmp_path
+):
+    with open_transactions(3):
         result = watch(passfile_dsns, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -69,8 +59,8 @@ def test_it_shows_connections_within_the_bound_live_in_csv_and_as_a_plot(stack, 
     assert {row["app_direct"] for row in rows} == {"0"}  # everything came through PgBouncer
 
 
-def test_over_the_bound_it_says_so_and_exits_1(stack, passfile_dsns, tmp_path):
-    with holding_transactions(stack, 2):
+def test_over_the_bound_it_says_so_and_exits_1(open_transactions, passfile_dsns, tmp_path):
+    with open_transactions(2):
         result = watch(passfile_dsns, tmp_path, "--bound", "1")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "OVER THE BOUND" in result.stdout

@@ -8,7 +8,6 @@ pgpass file, never the command line or the settings.
 import subprocess
 import sys
 
-import psycopg
 import pytest
 
 from pooled_postgres.observe import pgbouncer_show
@@ -98,9 +97,8 @@ def test_a_time_zone_other_than_the_servers_is_set_on_every_connection(doctor):
     )
 
 
-def test_server_connections_over_the_bound_are_reported(doctor, stack):
-    with psycopg.connect(stack.dsn("chat_app", through_pgbouncer=True)) as holder:
-        holder.execute("SELECT 1")  # a transaction left open holds a server connection
+def test_server_connections_over_the_bound_are_reported(doctor, open_transactions):
+    with open_transactions():
         result = doctor("--monitor-dsn", doctor.dsn("monitor"), "--bound", "0")
     assert result.returncode == 1
     assert "FAIL chat_app holds" in result.stdout

@@ -7,7 +7,7 @@ which of Django's features survive with the shipped settings.
 """
 
 import copy
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import psycopg
 import pytest
@@ -23,19 +23,6 @@ def messages(django_app, room):
     return Message.objects.filter(room=room_row).order_by("id")
 
 
-@contextmanager
-def server_connection_taken(stack):
-    """Hold a PgBouncer server connection in an open transaction.
-
-    PgBouncer reuses server connections last-in first-out, so the one taken here
-    is the one the app's previous statement ran on: its next statement lands on
-    a different server connection.
-    """
-    with psycopg.connect(stack.dsn("chat_app", through_pgbouncer=True)) as other:
-        other.execute("SELECT 1")  # not autocommit: the transaction stays open
-        yield
-
-
 def database_alias(**overrides):
     """A connection like the shipped 'default' with some settings changed."""
     from django.db import connections
@@ -49,18 +36,18 @@ def database_alias(**overrides):
     return alias
 
 
-def test_iterator_works_through_pgbouncer_with_the_shipped_settings(stack, messages):
+def test_iterator_works_through_pgbouncer_with_the_shipped_settings(messages, open_transactions):
     from django.db import connections
 
     assert connections["default"].settings_dict["DISABLE_SERVER_SIDE_CURSORS"] is True
     rows = messages.iterator(chunk_size=1)
     first = next(rows)
-    with server_connection_taken(stack):
+    with open_transactions():
         rest = list(rows)
     assert [first.text, *(m.text for m in rest)] == [f"message {n}" for n in range(5)]
 
 
-def test_iterator_breaks_when_server_side_cursors_are_enabled(stack, messages):
+def test_iterator_breaks_when_server_side_cursors_are_enabled(messages, open_transactions):
     """The expected failure, made explicit: why DISABLE_SERVER_SIDE_CURSORS is True."""
     from django.db import ProgrammingError
 
@@ -69,11 +56,11 @@ def test_iterator_breaks_when_server_side_cursors_are_enabled(stack, messages):
     alias = database_alias(DISABLE_SERVER_SIDE_CURSORS=False)
     rows = messages.using(alias).iterator(chunk_size=1)
     next(rows)  # DECLARE ... CURSOR WITH HOLD, then the first FETCH, on server connection A
-    with server_connection_taken(stack), pytest.raises(cursor_gone, match=r"cursor .* does not exist"):
+    with open_transactions(), pytest.raises(cursor_gone, match=r"cursor .* does not exist"):
         list(rows)  # the next FETCH runs on server connection B, which never saw the cursor
 
 
-def test_repeated_query_raises_no_prepared_statement_error(stack, messages):
+def test_repeated_query_raises_no_prepared_statement_error(messages, open_transactions):
     """psycopg prepares a query after 5 runs by default; Django turns that off (client-side binding)."""
     from django.db import connection
 
@@ -81,7 +68,7 @@ def test_repeated_query_raises_no_prepared_statement_error(stack, messages):
     for n in range(12):
         # Taking the last-used server connection every other time moves Django's
         # connection from one server connection to another, back and forth.
-        with server_connection_taken(stack) if n % 2 else nullcontext():
+        with open_transactions() if n % 2 else nullcontext():
             assert messages.filter(text="message 3").count() == 1
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_backend_pid()")
@@ -132,7 +119,7 @@ def test_postgresql_sees_only_pgbouncer_connections_for_the_app_role(
 
 
 def test_server_side_prepared_statements_need_pgbouncer_support(
-    stack, pgbouncer_console, leaves_prepared_statements
+    stack, pgbouncer_console, open_transactions, leaves_prepared_statements
 ):
     """Why client-side binding: psycopg's own prepared statements across server connections.
 
@@ -150,7 +137,7 @@ def test_server_side_prepared_statements_need_pgbouncer_support(
     dsn = stack.dsn("chat_app", through_pgbouncer=True)
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
         for n in range(6):
-            with server_connection_taken(stack) if n % 2 else nullcontext():
+            with open_transactions() if n % 2 else nullcontext():
                 try:
                     failures += conn.execute("SELECT %s::int", [n]).fetchone() != (n,)
                 except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement):
