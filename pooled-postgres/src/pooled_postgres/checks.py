@@ -130,9 +130,11 @@ def check_transaction_pooler_options(app_configs=None, **kwargs) -> list:
 
 
 def _time_zone(alias: str, entry: dict[str, Any]) -> list:
-    # What Django asks every new connection for; it sends SET TIME ZONE whenever the
-    # server reports another. Reading it connects to nothing.
-    wanted = connections[alias].timezone_name
+    # What Django asks every new connection for (DatabaseWrapper.timezone_name); it sends
+    # SET TIME ZONE whenever the server reports another. Restated, not read from the
+    # wrapper: building one imports the backend and psycopg's libpq, which `manage.py
+    # check` must not need (tests/compose/test_package_on_django_6.py has no libpq).
+    wanted = (entry.get("TIME_ZONE") or "UTC") if settings.USE_TZ else settings.TIME_ZONE
     server = (entry.get("POOLER") or {}).get("SERVER_TIME_ZONE", "UTC")
     if wanted == server:
         return []
