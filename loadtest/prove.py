@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         "--reference", help="the target whose verdict is the exit status (default: the first)"
     )
     parser.add_argument("--results", type=Path, default=Path("results/latest"), help="(default %(default)s)")
+    parser.add_argument(
+        "--results-shown-as",
+        type=Path,
+        help="the path printed for --results: where the reader finds it (e.g. on the host, for a container)",
+    )
     args = parser.parse_args(argv)
 
     if not os.environ.get("MONITOR_POSTGRES_DSN"):
@@ -62,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--reference {reference} is not a target")
     scenario = from_arguments(args, expect_workers=args.expect_workers)
     try:
-        return prove(args.target, scenario, args.results, reference=reference)
+        return prove(
+            args.target, scenario, args.results, reference=reference, results_shown_as=args.results_shown_as
+        )
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

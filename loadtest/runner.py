@@ -134,10 +134,12 @@ def prove(
     reference: str,
     before_each: Callable[[Target], None] | None = None,
     env: dict[str, str] | None = None,
+    results_shown_as: Path | None = None,
 ) -> int:
     """Run the scenario against each target in turn, write the report, print the verdict.
 
     ``before_each`` lets the native demo restart its app in the target's profile.
+    ``results_shown_as``: where the reader finds ``results`` (a container's mount, seen from the host).
     Returns the exit status (see the module's docstring).
     """
     print(f"The proof: {scenario.describe()}.", flush=True)
@@ -152,6 +154,7 @@ def prove(
         summaries.append(run_target(target, scenario, results / target.name, env))
     names = [t.name for t in targets]
     report = write_report(summaries, names, scenario, results, reference=reference)
-    print(verdict_screen(summaries, names, scenario, reference=reference, report=report), flush=True)
+    shown = (results_shown_as or results) / report.name
+    print(verdict_screen(summaries, names, scenario, reference=reference, report=shown), flush=True)
     chosen = summaries[names.index(reference)]
     return 0 if chosen["gate"]["passed"] else 1

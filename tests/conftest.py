@@ -6,6 +6,7 @@ and is stopped (by PID) when the session ends, pass or fail.
 
 import contextlib
 import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -173,3 +174,13 @@ def passfile_dsns(stack, tmp_path) -> dict[str, str]:
     passfile.write_text("\n".join(lines) + "\n")
     passfile.chmod(0o600)
     return without_passwords
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """Debian's Chromium and its chromedriver, installed once when missing (about a minute)."""
+    install = PROJECT / "tests" / "browser" / "install-chromium.sh"
+    result = subprocess.run([str(install)], capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode:
+        pytest.fail(f"{install.name} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -12,7 +12,6 @@ pass or fail.
 
 import os
 import signal
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -26,10 +25,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 PROJECT = Path(__file__).resolve().parent.parent
-INSTALL = PROJECT / "tests" / "browser" / "install-chromium.sh"
 ARTIFACTS = PROJECT / "results" / "browser"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 # The machines that run this reach no network but the Debian mirror: without the
 # background-networking flags Chromium's own connections are refused, noisily.
 CHROMIUM_FLAGS = (
@@ -56,15 +52,6 @@ return [...document.querySelectorAll("#log .message")].map((m) => ({
   text: m.querySelector(".text")?.textContent ?? null,
 }));
 """
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """Debian's Chromium and chromedriver, installed once when missing (about a minute)."""
-    result = subprocess.run([str(INSTALL)], capture_output=True, text=True, timeout=600, check=False)
-    if result.returncode:
-        pytest.fail(f"{INSTALL.name} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
-    return CHROMIUM, CHROMEDRIVER
 
 
 class Page:

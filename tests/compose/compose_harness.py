@@ -19,8 +19,13 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+from probes.chat import ChatHttp, ChatSocket
 
 PROJECT = Path(__file__).resolve().parents[2]
 ENGINE = PROJECT / "compose" / "engine.sh"
@@ -30,6 +35,7 @@ OFFSET = int(os.environ.get("TEST_STACK_OFFSET", "0"))
 # the source port of any outgoing connection. The TLS proxy's: the stack publishes no other.
 PROXY_PORT = 29000 + OFFSET
 LOCUST_PORT = 29100 + OFFSET
+PROMETHEUS_PORT = 29200 + OFFSET
 PROJECT_NAME = f"chattest{OFFSET or ''}"
 # Serialises sessions on one machine: they would share the engine and its docker0.
 LOCK_FILE = Path("/run/lock/chat-compose-test.lock")
@@ -39,6 +45,8 @@ LONG_RUNNING = ("postgres", "pgbouncer", "redis", "app", "proxy")
 DIRECT_HEADERS = {"Host": "app:8000", "X-Forwarded-Proto": "https"}
 SUBNETS = ("POOLER", "DATABASE", "MIGRATIONS", "MONITORING")  # docker-compose.yml's SUBNET_*
 IMAGE_TAG = "local"
+# docker-compose.yml's profiles: build, logs and `down` take them all.
+EVERY_PROFILE = ("loadtest", "monitoring")
 # What the test keeps for a reader: Compose v2's `up --wait` output (README, "Docker Compose").
 RESULTS = PROJECT / "results" / "compose-test"
 BUILD_TIMEOUT_S = 1200
@@ -97,7 +105,7 @@ class ComposeStack:
             path.write_text(self.secret("ca.crt"))
         return str(path)
 
-    def compose(self, *args, timeout: float = 120, check: bool = True, profile: bool = False):
+    def compose(self, *args, timeout: float = 120, check: bool = True, profiles: tuple[str, ...] = ()):
         argv = [
             *self.command,
             "--project-name",
@@ -108,7 +116,7 @@ class ComposeStack:
             COMPOSE_FILE,
             "--env-file",
             self.env_file,
-            *(["--profile", "loadtest"] if profile else []),
+            *(option for profile in profiles for option in ("--profile", profile)),
             *args,
         ]
         return run(argv, timeout=timeout, env=self.env, check=check)
@@ -211,7 +219,7 @@ class ComposeStack:
     def print_diagnostics(self, out) -> None:
         """What a failed bring-up needs: every container's state and the end of its log."""
         for args in (("ps", "--all"), ("logs", "--no-color", "--tail", "80")):
-            result = self.compose(*args, profile=True, check=False, timeout=60)
+            result = self.compose(*args, profiles=EVERY_PROFILE, check=False, timeout=60)
             print(
                 f"===== {' '.join(self.command)} {' '.join(args)}",
                 result.stdout,
@@ -268,6 +276,7 @@ def write_env_file(path: Path) -> None:
         f"COMPOSE_PROJECT_NAME={PROJECT_NAME}",
         f"PROXY_PUBLISH=127.0.0.1:{PROXY_PORT}",
         f"LOCUST_PUBLISH=127.0.0.1:{LOCUST_PORT}",
+        f"PROMETHEUS_PUBLISH=127.0.0.1:{PROMETHEUS_PORT}",
         *(f"SUBNET_{name}=10.{subnet}.{n}.0/26" for n, name in enumerate(SUBNETS, 1)),
         # A short, bounded proof run: enough to show the naive target leaking.
         f"LOADTEST_USERS={os.environ.get('COMPOSE_TEST_LOADTEST_USERS', '50')}",
@@ -297,3 +306,52 @@ def wait_until_healthy(stack: ComposeStack, timeout: float) -> None:
         if broken or time.monotonic() > deadline:
             raise AssertionError(f"services not healthy after {timeout:g}s: {states}")
         time.sleep(2)
+
+
+# Each poster stays well under the server's per-socket limit (CHAT_RATE_PER_S, 20/s,
+# burst 40, at its default in the Compose stack): this test measures connections, and a
+# poster the limiter refused would measure the limiter.
+POSTER_RATE_PER_S = 10
+
+
+class Load(NamedTuple):
+    reads: int  # HTTP reads answered 200
+    posts: int  # WebSocket messages acknowledged
+
+
+def drive_load(base_url: str, room: str, seconds: float, posters: int = 8) -> Load:
+    """Concurrent HTTP reads and paced WebSocket posts for a few seconds; returns what was done.
+    Straight to Daphne (base_url: ComposeStack.direct_url), past the proxy's rate limits.
+
+    Every worker stops by the deadline; an error in any of them is raised here, as it was.
+    """
+    deadline = time.monotonic() + seconds
+
+    def reader() -> int:
+        api, done = ChatHttp(base_url), 0
+        while time.monotonic() < deadline:
+            result = api.request("GET", f"/api/rooms/{room}/messages?limit=20", headers=DIRECT_HEADERS)
+            assert result.status == 200, result
+            done += 1
+        return done
+
+    def poster(worker: int) -> int:
+        host = DIRECT_HEADERS["Host"]  # Origin and Host: a name in DJANGO_ALLOWED_HOSTS
+        socket, done = ChatSocket(base_url, room, f"load-{worker}", origin=f"http://{host}", host=host), 0
+        try:
+            while (now := time.monotonic()) < deadline:
+                reply = socket.post(f"load {worker}/{done}", f"l{worker}-{done}-{uuid.uuid4().hex[:6]}")
+                assert reply["type"] == "ack", reply
+                done += 1
+                time.sleep(max(0.0, now + 1 / POSTER_RATE_PER_S - time.monotonic()))
+        finally:
+            socket.close()
+        return done
+
+    with ThreadPoolExecutor(max_workers=16 + posters) as pool:
+        reads = [pool.submit(reader) for _ in range(16)]
+        posts = [pool.submit(poster, worker) for worker in range(posters)]
+        return Load(
+            reads=sum(future.result(timeout=seconds + 30) for future in reads),
+            posts=sum(future.result(timeout=seconds + 30) for future in posts),
+        )

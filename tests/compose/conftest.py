@@ -15,9 +15,11 @@ from compose_harness import (
     BUILD_TIMEOUT_S,
     COMPOSE_VERSIONS,
     ENGINE,
+    EVERY_PROFILE,
     LOCK_FILE,
     LOCK_WAIT_S,
     LOCUST_PORT,
+    PROMETHEUS_PORT,
     PROXY_PORT,
     RESULTS,
     TIMINGS,
@@ -84,13 +86,13 @@ def compose_stack(request, compose_engine, tmp_path_factory):
     stack = ComposeStack(command, version, env, env_file)
     write_env_file(env_file)
     # Whatever an interrupted session left under this project name.
-    stack.compose("down", "--volumes", "--remove-orphans", profile=True, check=False)
-    for port in (PROXY_PORT, LOCUST_PORT):
+    stack.compose("down", "--volumes", "--remove-orphans", profiles=EVERY_PROFILE, check=False)
+    for port in (PROXY_PORT, LOCUST_PORT, PROMETHEUS_PORT):
         assert port_is_free(port), f"127.0.0.1:{port} is in use; set TEST_STACK_OFFSET to move the test stack"
     failed_during_setup = True
     try:
         started = time.monotonic()
-        stack.compose("build", profile=True, timeout=BUILD_TIMEOUT_S)
+        stack.compose("build", profiles=EVERY_PROFILE, timeout=BUILD_TIMEOUT_S)
         TIMINGS["build images"] = time.monotonic() - started
         started = time.monotonic()
         if stack.v2:
@@ -111,7 +113,9 @@ def compose_stack(request, compose_engine, tmp_path_factory):
             if failed_during_setup:  # a failed test carries its own window of the logs
                 stack.print_diagnostics(sys.stderr)
             started = time.monotonic()
-            stack.compose("down", "--volumes", "--remove-orphans", profile=True, check=False, timeout=180)
+            stack.compose(
+                "down", "--volumes", "--remove-orphans", profiles=EVERY_PROFILE, check=False, timeout=180
+            )
             TIMINGS["down -v"] = time.monotonic() - started
             summary = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in TIMINGS.items())
             print(f"\ncompose test ({' '.join(command)} {version}): {summary}", file=sys.stderr)

@@ -4,8 +4,10 @@ Each test talks to the running containers: through the published port as a user
 would, and with `docker exec` into PostgreSQL and PgBouncer to see what they saw.
 """
 
+import dataclasses
 import http.client
 import json
+import os
 import re
 import socket as socket_module
 import ssl
@@ -17,13 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import websocket
 from compose_harness import (
-    DIRECT_HEADERS,
+    EVERY_PROFILE,
     IMAGE_TAG,
     LOCUST_PORT,
     LONG_RUNNING,
     PROJECT_NAME,
     PROXY_PORT,
     ComposeStack,
+    drive_load,
 )
 
 from probes.chat import ChatHttp, ChatSocket
@@ -86,7 +89,7 @@ def test_every_running_container_is_locked_down(compose_stack: ComposeStack):
         }.get(service, {})
         assert published == expected, f"{service} publishes {published}"
     assert set(LONG_RUNNING) <= services
-    compose_stack.compose("stop", "locust-master", "locust-worker", profile=True, timeout=60)
+    compose_stack.compose("stop", "locust-master", "locust-worker", profiles=EVERY_PROFILE, timeout=60)
 
 
 def test_healthz_answers_through_the_published_port(compose_stack: ComposeStack):
@@ -121,46 +124,6 @@ def test_websocket_messages_are_acknowledged_and_stored(compose_stack: ComposeSt
     assert {row["author"] for row in rows} == {"compose-test"}
 
 
-# Each poster stays well under the server's per-socket limit (CHAT_RATE_PER_S, 20/s,
-# burst 40, at its default in the Compose stack): this test measures connections, and a
-# poster the limiter refused would measure the limiter.
-POSTER_RATE_PER_S = 10
-
-
-def _load(base_url: str, room: str, seconds: float) -> int:
-    """Concurrent HTTP reads and paced WebSocket posts for a few seconds; returns requests made.
-    Straight to Daphne (base_url: ComposeStack.direct_url), past the proxy's rate limits.
-
-    Every worker stops by the deadline; an error in any of them is raised here, as it was.
-    """
-    deadline = time.monotonic() + seconds
-
-    def reader() -> int:
-        api, done = ChatHttp(base_url), 0
-        while time.monotonic() < deadline:
-            result = api.request("GET", f"/api/rooms/{room}/messages?limit=20", headers=DIRECT_HEADERS)
-            assert result.status == 200, result
-            done += 1
-        return done
-
-    def poster(worker: int) -> int:
-        host = DIRECT_HEADERS["Host"]  # Origin and Host: a name in DJANGO_ALLOWED_HOSTS
-        socket, done = ChatSocket(base_url, room, f"load-{worker}", origin=f"http://{host}", host=host), 0
-        try:
-            while (now := time.monotonic()) < deadline:
-                reply = socket.post(f"load {worker}/{done}", f"l{worker}-{done}-{uuid.uuid4().hex[:6]}")
-                assert reply["type"] == "ack", reply
-                done += 1
-                time.sleep(max(0.0, now + 1 / POSTER_RATE_PER_S - time.monotonic()))
-        finally:
-            socket.close()
-        return done
-
-    with ThreadPoolExecutor(max_workers=24) as pool:
-        futures = [pool.submit(reader) for _ in range(16)] + [pool.submit(poster, w) for w in range(8)]
-        return sum(future.result(timeout=seconds + 30) for future in futures)
-
-
 def test_app_role_reaches_postgres_only_through_pgbouncer_within_the_pool_bound(
     compose_stack: ComposeStack,
 ):
@@ -175,13 +138,13 @@ def test_app_role_reaches_postgres_only_through_pgbouncer_within_the_pool_bound(
     peak = 0
     samples = 0
     with ThreadPoolExecutor(max_workers=1) as loader:
-        load = loader.submit(_load, compose_stack.direct_url, room, 8)
+        load = loader.submit(drive_load, compose_stack.direct_url, room, 8)
         while not load.done() and samples < 40:  # bounded: at most 40 samples, one every ~0.3 s
             peak = max(peak, len(compose_stack.psql(app_backends_sql, role=APP_ROLE)))
             samples += 1
             time.sleep(0.2)
-        requests = load.result(timeout=60)  # the load's own error, if it failed
-    assert requests > 50
+        done = load.result(timeout=60)  # the load's own error, if it failed
+    assert done.reads + done.posts > 50
     assert 1 <= peak <= bound, f"peak {peak} server connections for {APP_ROLE}, bound {bound}"
 
     # After the load: every backend of the app role is one of PgBouncer's server
@@ -509,9 +472,11 @@ def _up_healthy(compose_stack: ComposeStack, *services: str, scale: dict[str, in
     """`up` some services of the loadtest profile and wait (bounded) until each container is healthy."""
     scaling = [f"--scale={service}={count}" for service, count in (scale or {}).items()]
     if compose_stack.v2:
-        compose_stack.compose("up", "--detach", "--wait", *scaling, *services, profile=True, timeout=240)
+        compose_stack.compose(
+            "up", "--detach", "--wait", *scaling, *services, profiles=EVERY_PROFILE, timeout=240
+        )
         return
-    compose_stack.compose("up", "--detach", *scaling, *services, profile=True, timeout=240)
+    compose_stack.compose("up", "--detach", *scaling, *services, profiles=EVERY_PROFILE, timeout=240)
     deadline = time.monotonic() + 120
     for service in services:
         for container in compose_stack.containers(service):
@@ -524,7 +489,7 @@ def _up_healthy(compose_stack: ComposeStack, *services: str, scale: dict[str, in
 def test_locust_master_and_scaled_workers_come_up(compose_stack: ComposeStack):
     _up_healthy(compose_stack, "locust-master", "locust-worker", scale={"locust-worker": 2})
     assert len(compose_stack.containers("locust-worker")) == 2
-    published = compose_stack.compose("port", "locust-master", "8089", profile=True).stdout.strip()
+    published = compose_stack.compose("port", "locust-master", "8089", profiles=EVERY_PROFILE).stdout.strip()
     assert published == f"127.0.0.1:{LOCUST_PORT}"
     deadline = time.monotonic() + 30
     while (
@@ -533,13 +498,27 @@ def test_locust_master_and_scaled_workers_come_up(compose_stack: ComposeStack):
     ):
         assert time.monotonic() < deadline, "the master never saw both workers"
         time.sleep(1)
-    compose_stack.compose("stop", "locust-master", "locust-worker", profile=True, timeout=60)
+    compose_stack.compose("stop", "locust-master", "locust-worker", profiles=EVERY_PROFILE, timeout=60)
 
 
-def test_the_loadtest_proof_exits_0(compose_stack: ComposeStack):
+# Someone other than root and the images' users: the results must become theirs.
+RESULTS_OWNER = 4242
+
+
+def test_the_loadtest_proof_exits_0_with_its_results_on_the_host(compose_stack: ComposeStack, tmp_path):
     _up_healthy(compose_stack, "app-naive")
-    result = compose_stack.compose(
-        "run", "--rm", "-T", "--no-deps", "loadtest", profile=True, timeout=900, check=False
+    results = tmp_path / "results"
+    results.mkdir()
+    os.chown(results, RESULTS_OWNER, RESULTS_OWNER)
+    on_the_host = dataclasses.replace(
+        compose_stack, env={**compose_stack.env, "LOADTEST_RESULTS": str(results)}
+    )
+    result = on_the_host.compose(
+        "run", "--rm", "-T", "--no-deps", "loadtest", profiles=EVERY_PROFILE, timeout=900, check=False
     )
     print(result.stdout[-6000:], result.stderr[-3000:], sep="\n")
     assert result.returncode == 0, f"loadtest exited {result.returncode}:\n{result.stdout[-3000:]}"
+    assert f"Report: {results}/report.md   Plot: {results}/connections.png" in result.stdout
+    written = [path for path in results.rglob("*")]
+    assert {"report.md", "connections.png"} <= {path.name for path in written}
+    assert {(path.stat().st_uid, path.stat().st_gid) for path in written} == {(RESULTS_OWNER, RESULTS_OWNER)}
