@@ -4,14 +4,13 @@ Shared by the load test's monitor, `make demo`'s checks and the tests, so each
 number is computed one way only.
 """
 
-import configparser
 from collections.abc import Mapping
 from pathlib import Path
 
 import psycopg
 
 from pooled_postgres import watch
-from pooled_postgres.observe import bound_from_settings
+from pooled_postgres.observe import bound_from_ini
 
 APP_ROLE = "chat_app"
 APP_DATABASE = "chat"
@@ -24,11 +23,7 @@ def connection_bound(ini: Path = PGBOUNCER_INI) -> int:
     default_pool_size + reserve_pool_size for the (database, user) pool, capped by
     max_db_connections / max_user_connections when those are set.
     """
-    parser = configparser.ConfigParser(
-        inline_comment_prefixes=(";",), comment_prefixes=(";", "#", "%"), interpolation=None
-    )
-    parser.read_string(ini.read_text())
-    return bound_from_settings(parser["pgbouncer"])
+    return bound_from_ini(ini)
 
 
 def app_role_backend_pids(conn: psycopg.Connection) -> set[int]:

@@ -92,6 +92,16 @@ def django_app(stack):
     return settings
 
 
+@pytest.fixture(scope="module")
+def app_showing_pool(stack):
+    """The app with the demo's pool panel on (CHAT_SHOW_POOL) for one test module, then as shipped."""
+    stack.restart_app(SHIPPED, {"CHAT_SHOW_POOL": "true"})
+    try:
+        yield stack
+    finally:
+        stack.restart_app(SHIPPED)
+
+
 @pytest.fixture
 def room(stack) -> str:
     """A fresh room for one test, so tests never see each other's messages."""

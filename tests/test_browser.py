@@ -11,6 +11,7 @@ pass or fail.
 """
 
 import os
+import re
 import signal
 import tempfile
 import uuid
@@ -316,3 +317,49 @@ def test_a_message_typed_during_an_outage_is_delivered_once(stack, browsers, roo
         [room, text],
     ).fetchone()[0]
     assert stored == 1
+
+
+POOL_PANEL = re.compile(r"PostgreSQL server connections \(app role\): (\d+) of bound 12")
+
+
+def _pool_panel(page) -> dict:
+    panel = page.driver.find_element(By.ID, "pool")
+    meter = page.driver.find_element(By.ID, "pool-meter")
+    return {
+        "state": panel.get_attribute("data-state"),
+        "text": " ".join(panel.text.split()),  # a flex row: the browser puts its items on lines
+        "meter": (meter.get_attribute("value"), meter.get_attribute("max"), meter.is_displayed()),
+    }
+
+
+def _pool_connections(page) -> int | None:
+    """The number the panel shows, or None while it shows none."""
+    match = POOL_PANEL.fullmatch(_pool_panel(page)["text"])
+    return int(match.group(1)) if match else None
+
+
+def test_the_pool_panel_shows_server_connections_against_the_bound_live(
+    app_showing_pool, browsers, room, open_transactions
+):
+    """With CHAT_SHOW_POOL on, the page polls /pool-status under its policy: it shows the
+    number and the bound, follows the server connections as they change, says
+    "unavailable" while the app is down, and recovers by itself."""
+    page = browsers("pool", "", room)
+    page.wait(lambda p: _pool_connections(p) is not None, "showing the server connections")
+    panel = _pool_panel(page)
+    assert panel["state"] == "ok"
+    assert _pool_connections(page) >= 1
+    assert panel["meter"][1:] == ("12", True)
+    assert _csp_violations(page) == []
+
+    with open_transactions(3):  # three more held; the count runs on a fourth
+        page.wait(lambda p: (_pool_connections(p) or 0) >= 4, "following the held connections")
+
+    app_showing_pool.stop("app")
+    page.wait(lambda p: _pool_panel(p)["state"] == "unavailable", "saying the count is unavailable")
+    assert _pool_panel(page)["text"] == "PostgreSQL server connections (app role): unavailable"
+    assert not _pool_panel(page)["meter"][2]
+
+    app_showing_pool.restart("app")
+    page.wait(lambda p: _pool_connections(p) is not None, "showing the count again")
+    assert _csp_violations(page) == []

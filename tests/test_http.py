@@ -1,6 +1,8 @@
 """The HTTP side, against the real Daphne processes, through PgBouncer."""
 
 import http.client
+import json
+import time
 import uuid
 
 import pytest
@@ -95,3 +97,58 @@ def test_unknown_host_header_is_400(stack):
     connection = http.client.HTTPConnection("127.0.0.1", stack.config.app_port, timeout=10)
     connection.request("GET", "/healthz", headers={"Host": "evil.example"})
     assert connection.getresponse().status == 400
+
+
+def get(stack, path: str) -> tuple[http.client.HTTPResponse, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", stack.config.app_port, timeout=10)
+    connection.request("GET", path)
+    response = connection.getresponse()
+    return response, response.read()
+
+
+def test_pool_status_is_not_served_as_shipped(stack):
+    response, _ = get(stack, "/pool-status")
+    assert response.status == 404
+    _, page = get(stack, "/")
+    assert b'id="pool"' not in page
+
+
+def test_pool_status_counts_the_app_roles_server_connections_against_the_bound(
+    app_showing_pool, pgbouncer_console
+):
+    from pooled_postgres.observe import bound_from_console
+
+    response, body = get(app_showing_pool, "/pool-status")
+    assert response.status == 200, body
+    assert response.headers["Content-Type"] == "application/json"
+    assert "no-store" in response.headers["Cache-Control"]
+    status = json.loads(body)
+    assert status["connections"] >= 1  # the server connection that answered the count is one
+    assert status["bound"] == 12 == bound_from_console(pgbouncer_console)  # what PgBouncer runs with
+
+
+def test_pool_status_follows_the_server_connections_held(app_showing_pool, open_transactions):
+    """Three transactions held open hold three server connections; the count, taken on a
+    fourth, sees at least those four once the cached count has expired."""
+    with open_transactions(3):
+        time.sleep(1.1)  # past the app's 1 s cache, in both processes
+        _, body = get(app_showing_pool, "/pool-status")
+    assert json.loads(body)["connections"] >= 4
+
+
+def test_pool_status_asks_postgresql_at_most_once_a_second_per_process(app_showing_pool, pgbouncer_console):
+    from pooled_postgres.observe import pgbouncer_show
+
+    def app_queries():
+        return {row["database"]: row for row in pgbouncer_show(pgbouncer_console, "STATS")}["chat"][
+            "total_query_count"
+        ]
+
+    polls = 40
+    before, started = app_queries(), time.monotonic()
+    for _ in range(polls):
+        assert get(app_showing_pool, "/pool-status")[0].status == 200
+    elapsed = time.monotonic() - started
+    queries = app_queries() - before
+    processes = app_showing_pool.config.app_workers
+    assert queries <= processes * (int(elapsed) + 1) < polls, (queries, elapsed)

@@ -10,6 +10,7 @@ import pytest
 from native.profiles import SHIPPED
 
 APP = Path(__file__).resolve().parent.parent / "app"
+PGBOUNCER = APP.parent / "pgbouncer"
 
 
 def manage(stack, *args, **env_overrides):
@@ -56,6 +57,14 @@ def test_migrations_match_the_models(stack):
             "DATABASE_PASSWORD is still a placeholder",
         ),
         ({"DJANGO_ALLOWED_HOSTS": None}, "DJANGO_ALLOWED_HOSTS is not set"),
+        (
+            {"CHAT_SHOW_POOL": "true", "CHAT_SHOW_POOL_PGBOUNCER_INI": "/nonexistent/pgbouncer.ini"},
+            "CHAT_SHOW_POOL is on, but PgBouncer's bound cannot be read ([Errno 2]",
+        ),
+        (
+            {"CHAT_SHOW_POOL": "true", "CHAT_SHOW_POOL_PGBOUNCER_INI": str(PGBOUNCER / "pgbouncer_hba.conf")},
+            "pgbouncer_hba.conf is not an ini file: File contains no section headers.",
+        ),
     ],
 )
 def test_unsafe_configuration_is_refused_with_the_fix_named(stack, overrides, message):

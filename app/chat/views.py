@@ -13,7 +13,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods
 
-from chat import csp, store
+from chat import csp, pool_panel, store
 from chat.models import Room
 
 logger = logging.getLogger(__name__)
@@ -43,10 +43,10 @@ def database_errors_as_503(view):
 @never_cache  # its nonce is for this response only: no cache may serve it again
 @ensure_csrf_cookie  # the page's JavaScript sends the cookie back as X-CSRFToken
 def index(request):
-    # The page's one inline <script> and <style> run because they carry this nonce;
+    # The page's inline <script>s and <style> run because they carry this nonce;
     # anything injected into the page would not (chat/csp.py).
     nonce = csp.new_nonce()
-    response = render(request, "chat/index.html", {"csp_nonce": nonce})
+    response = render(request, "chat/index.html", {"csp_nonce": nonce, "show_pool": settings.CHAT_SHOW_POOL})
     response.headers["Content-Security-Policy"] = csp.page_policy(nonce)
     return response
 
@@ -62,6 +62,14 @@ def healthz(request):
         logger.warning("healthz: database unavailable: %s", exc)
         return JsonResponse({"status": "unavailable", "database": type(exc).__name__}, status=503)
     return JsonResponse({"status": "ok", "database": "ok"})
+
+
+@require_GET
+@never_cache  # a live number: no browser or proxy may answer with an old one
+@database_errors_as_503
+def pool_status(request):
+    """The page's pool panel (CHAT_SHOW_POOL, a demo feature; urls.py routes here only then)."""
+    return JsonResponse(pool_panel.server_connections.status())
 
 
 class RoomForm(forms.ModelForm):

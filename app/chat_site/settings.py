@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from chat_site.secrets import require_secret
 from pooled_postgres.config import HEALTH_CHECK_ENGINES, pooled_database
+from pooled_postgres.observe import bound_from_ini
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -189,6 +190,31 @@ CHAT_MAX_TEXT_CHARS = env.int("CHAT_MAX_TEXT_CHARS", default=2000)
 CHAT_HISTORY_MAX = env.int("CHAT_HISTORY_MAX", default=100)
 CHAT_RATE_PER_S = env.float("CHAT_RATE_PER_S", default=20.0)
 CHAT_RATE_BURST = env.int("CHAT_RATE_BURST", default=40)
+
+# --- Demo: the pool on the chat page ---------------------------------------------
+# CHAT_SHOW_POOL=true puts PostgreSQL's server connections for the app role, against the
+# bound PgBouncer promises, on the chat page, refreshed from GET /pool-status. A demo
+# feature, off by default everywhere, production included (DJANGO_HTTPS=true, DEBUG off):
+# it tells anyone who loads the page how many connections the database holds, and lets
+# them make the app query pg_stat_activity (at most once a second per process). Off, the
+# endpoint is 404 and the page has no panel. The monitoring profile is production's view.
+CHAT_SHOW_POOL = env.bool("CHAT_SHOW_POOL", default=False)
+# The bound comes from PgBouncer's own settings file (default_pool_size + reserve_pool_size,
+# capped by max_db_connections / max_user_connections), read once at start-up: the staged
+# pgbouncer/ folder beside app/ natively; a container needs the file mounted there.
+CHAT_SHOW_POOL_PGBOUNCER_INI = Path(
+    env.str("CHAT_SHOW_POOL_PGBOUNCER_INI", default=str(BASE_DIR.parent / "pgbouncer" / "pgbouncer.ini"))
+)
+CHAT_POOL_BOUND = None
+if CHAT_SHOW_POOL:
+    try:
+        CHAT_POOL_BOUND = bound_from_ini(CHAT_SHOW_POOL_PGBOUNCER_INI)
+    except (OSError, ValueError) as error:
+        raise ImproperlyConfigured(
+            f"CHAT_SHOW_POOL is on, but PgBouncer's bound cannot be read ({error}): set "
+            "CHAT_SHOW_POOL_PGBOUNCER_INI to the pgbouncer.ini PgBouncer runs with, "
+            "or turn CHAT_SHOW_POOL off"
+        ) from error
 
 LOGGING = {
     "version": 1,

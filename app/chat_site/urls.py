@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.urls import path
 
 from chat import views
@@ -8,3 +9,6 @@ urlpatterns = [
     path("api/rooms", views.rooms, name="rooms"),
     path("api/rooms/<slug:slug>/messages", views.room_messages, name="room-messages"),
 ]
+
+if settings.CHAT_SHOW_POOL:  # a demo feature (settings.py says why): otherwise 404
+    urlpatterns.append(path("pool-status", views.pool_status, name="pool-status"))

@@ -1,11 +1,13 @@
 """What PostgreSQL and PgBouncer say about a role's connections, and the bound PgBouncer promises.
 
-Plain psycopg, no Django: the doctor, the connection watch and this repository's load
-test compute each number one way only.
+Plain psycopg, no Django: the doctor, the connection watch, the chat page's pool panel and this
+repository's load test compute each number one way only.
 """
 
+import configparser
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 
 import psycopg
 
@@ -31,6 +33,21 @@ def bound_from_settings(settings: Mapping[str, str]) -> int:
         if setting(cap, 0) > 0:
             bound = min(bound, setting(cap, 0))
     return bound
+
+
+def bound_from_ini(path: Path) -> int:
+    """The bound from a pgbouncer.ini file's [pgbouncer] section. Its %include lines are not
+    followed: the pool's sizes belong in the file itself, not in what a deployment adds."""
+    parser = configparser.ConfigParser(
+        inline_comment_prefixes=(";",), comment_prefixes=(";", "#", "%"), interpolation=None
+    )
+    try:
+        parser.read_string(path.read_text(), source=str(path))
+    except configparser.Error as error:
+        raise ValueError(f"{path} is not an ini file: {first_line(error)}") from error
+    if not parser.has_section("pgbouncer"):
+        raise ValueError(f"{path} has no [pgbouncer] section: is it PgBouncer's settings file?")
+    return bound_from_settings(parser["pgbouncer"])
 
 
 def pgbouncer_show(conn: psycopg.Connection, what: str) -> list[dict]:
