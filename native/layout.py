@@ -68,6 +68,7 @@ class Config:
     redis_port: int = field(default_factory=lambda: _env_int("REDIS_PORT", 16379))
     app_port: int = field(default_factory=lambda: _env_int("APP_PORT", 8000))
     app_workers: int = field(default_factory=lambda: _env_int("APP_WORKERS", 2))
+    metrics_port: int = field(default_factory=lambda: _env_int("APP_METRICS_PORT", 9100))
     # TLS between the app, PgBouncer, PostgreSQL and Redis. STACK_TLS=off exists to
     # measure what TLS costs (make bench), not to run without it.
     tls: bool = field(default_factory=lambda: os.environ.get("STACK_TLS", "on") != "off")
@@ -125,6 +126,11 @@ class Layout:
     @property
     def app_url(self) -> str:
         return f"http://{self.config.host}:{self.config.app_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The app's metrics, all its Daphne processes added up (app/chat_site/metrics_server.py)."""
+        return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
 
     def dsn(self, role: str, *, through_pgbouncer: bool, dbname: str = "chat", password: bool = True) -> str:
         """A libpq connection string for one of the stack's roles (TLS, the server checked)."""

@@ -101,6 +101,8 @@ def _app_environment(layout: Layout, app: AppRun) -> dict[str, str]:
         APP_BIND=c.host,
         APP_PORT=str(c.app_port),
         APP_WORKERS=str(c.app_workers),
+        APP_METRICS_BIND=c.host,
+        APP_METRICS_PORT=str(c.metrics_port),
         APP_RUN_DIR=str(layout.path("run", "app")),
         PYTHONUNBUFFERED="1",
         # The staged code is read-only to the service user.

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from chat import store
+from chat.metrics import ERRORS, HANDSHAKES_REFUSED, MESSAGES_ACKNOWLEDGED, WEBSOCKETS_OPEN
 from chat.protocol import CloseCode, HistoryRequest, ProtocolError, parse_author, parse_frame, peek_client_id
 
 logger = logging.getLogger(__name__)
@@ -62,11 +63,14 @@ class TokenBucket:
 class RoomConsumer(AsyncWebsocketConsumer):
     room = None
     group = None
+    accepted = False  # counted in WEBSOCKETS_OPEN, until disconnect()
     draining = False
     closer: asyncio.Task | None = None
 
     async def connect(self):
         await self.accept()
+        WEBSOCKETS_OPEN.inc()
+        self.accepted = True
         try:
             self.author = parse_author(self.scope["query_string"])
         except ProtocolError as error:
@@ -89,6 +93,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.send_frame({"type": "ready", "room": self.room.slug, "author": self.author})
 
     async def disconnect(self, code):
+        if self.accepted:
+            WEBSOCKETS_OPEN.dec()
         if self.closer is not None:
             self.closer.cancel()
         if self.group:
@@ -123,7 +129,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             else:
                 await self.post(frame.text, frame.client_id)
         except ProtocolError as error:
-            await self.send_frame(error.frame())
+            await self.send_error(error)
 
     def check(self, text_data, bytes_data):
         """The valid frame, or ProtocolError naming the frame's client_id whenever it has one.
@@ -176,6 +182,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self.send_frame({**ack, "duplicate": True})
             return
         # The row is committed: acknowledge, then tell every member (the sender too).
+        # Counted first, as every metric here: a client that has the frame finds it counted.
+        MESSAGES_ACKNOWLEDGED.inc()
         await self.send_frame(ack)
         await self.channel_layer.group_send(
             self.group, {"type": "chat.message", "message": {"type": "message", **message.as_dict()}}
@@ -194,8 +202,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.send_frame(event["message"])
 
     async def refuse(self, error: ProtocolError, code: int):
-        await self.send_frame(error.frame())
+        HANDSHAKES_REFUSED.labels(reason=error.code).inc()
+        await self.send_error(error)
         await self.close(code=int(code))  # Autobahn accepts a plain int only, not an IntEnum
+
+    async def send_error(self, error: ProtocolError):
+        ERRORS.labels(code=error.code).inc()
+        await self.send_frame(error.frame())
 
     async def send_frame(self, frame: dict):
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))
