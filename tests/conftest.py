@@ -29,7 +29,7 @@ TEST_PORTS = {
     "pgbouncer_port": 26432 + OFFSET,
     "redis_port": 26379 + OFFSET,
     "app_port": 28000 + OFFSET,
-    "metrics_port": 29100 + OFFSET,
+    "metrics_port": 27000 + OFFSET,  # not 29xxx: the Compose test publishes there
 }
 
 

@@ -155,7 +155,7 @@ def odd_stack(stack):
         pgbouncer_port=26532 + OFFSET,
         redis_port=26479 + OFFSET,
         app_port=28100 + OFFSET,
-        metrics_port=29200 + OFFSET,
+        metrics_port=27100 + OFFSET,
         app_workers=1,
     )
     odd = Stack(config)
