@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LOCKS := app/requirements.txt loadtest/requirements.txt requirements-dev.txt
-SCRIPTS := $(wildcard */entrypoint.sh) lib/secrets.sh native/install-system-packages.sh .ci/run .ci/as-regular-user.sh $(wildcard compose/*.sh) $(wildcard tests/browser/*.sh)
+SCRIPTS := $(wildcard */entrypoint.sh) monitoring/promtool.sh lib/secrets.sh native/install-system-packages.sh .ci/run .ci/as-regular-user.sh $(wildcard compose/*.sh) $(wildcard tests/browser/*.sh)
 DOCKERFILES := $(wildcard */Dockerfile)
 
 .PHONY: help
@@ -75,13 +75,14 @@ compose-test: venv ## only the Docker Compose end-to-end test (installs Docker, 
 	COMPOSE_TEST=1 $(PY) -m pytest -m compose tests/compose
 
 .PHONY: lint
-lint: venv ## ruff, shellcheck, hadolint, Compose schema
+lint: venv ## ruff, shellcheck, hadolint, Compose schema, alert rules (promtool check and unit tests)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/shellcheck -x -P SCRIPTDIR $(SCRIPTS)
 	$(VENV)/bin/hadolint $(DOCKERFILES)
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	compose/check-config.sh
+	monitoring/promtool.sh
 
 .PHONY: lock
 lock: venv ## recompile the lock files from the *.in files
