@@ -79,6 +79,15 @@ def failed_so_far(request):
 
 
 @pytest.fixture(scope="session")
+def chromium() -> None:
+    """Debian's Chromium and chromedriver for the browser tests (tests/headless_chromium.py),
+    installed once when missing (about a minute)."""
+    from headless_chromium import install
+
+    install()
+
+
+@pytest.fixture(scope="session")
 def django_app(stack):
     """Django configured in this process like the running app: through PgBouncer."""
     os.environ.update(stack.app_env(SHIPPED))
