@@ -89,11 +89,10 @@ class RunRecorder:
     def _bound(self) -> tuple[int | None, str]:
         if self.monitor is None:
             return None, "no monitor"
-        try:
-            return self.monitor.bound()
-        except RuntimeError as error:
-            logger.error("%s", error)
-            return None, str(error)
+        bound, source = self.monitor.bound_or_reason()
+        if bound is None:
+            logger.error("%s", source)
+        return bound, source
 
     # --- events ---------------------------------------------------------------------
 

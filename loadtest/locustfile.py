@@ -17,7 +17,8 @@ Users are grouped into rooms of --room-size members, so each message fans out to
 a handful of sockets, as in a real chat. Every WebSocket connect and message round
 trip is a Locust request (type WS) with its measured time; a missing, late or
 wrong ack, an error frame (named by its code) and a dropped connection are
-failures. See loadtest/locust_hooks.py for the monitor, summary and gate.
+failures. See loadtest/locust_hooks.py for the monitor, summary and gate, and
+loadtest/web_ui_connections.py for the web UI's Connections tab.
 """
 
 import itertools
@@ -36,7 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gevent
 from locust import FastHttpUser, task
 
-from loadtest import locust_hooks  # noqa: F401  (registers options, monitor, gate)
+from loadtest import (
+    locust_hooks,  # noqa: F401  (registers options, monitor, gate)
+    web_ui_connections,  # noqa: F401  (the web UI's Connections tab)
+)
 from loadtest.room_socket import COUNTERS, ErrorFrame, RoomSocket, SocketFailure
 from loadtest.scenario import raise_open_file_limit
 

@@ -70,6 +70,13 @@ class ConnectionMonitor(ConnectionWatch):
             return connection_bound(), str(PGBOUNCER_INI.relative_to(PGBOUNCER_INI.parent.parent))
         return super().bound()
 
+    def bound_or_reason(self) -> tuple[int | None, str]:
+        """The bound and its source, or None and why it could not be read."""
+        try:
+            return self.bound()
+        except RuntimeError as error:
+            return None, str(error)
+
 
 class SampleLog(watch.SampleLog):
     def __init__(self, directory: Path):

@@ -6,7 +6,6 @@ and is stopped (by PID) when the session ends, pass or fail.
 
 import contextlib
 import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -78,6 +77,15 @@ def pytest_runtest_makereport(item, call):
 def failed_so_far(request):
     """Whether this test has failed so far (set-up or call): for a finalizer that saves evidence."""
     return lambda: any(report.failed for report in request.node.stash.get(PHASE_REPORTS, {}).values())
+
+
+@pytest.fixture(scope="session")
+def chromium() -> None:
+    """Debian's Chromium and chromedriver for the browser tests (tests/headless_chromium.py),
+    installed once when missing (about a minute)."""
+    from headless_chromium import install
+
+    install()
 
 
 @pytest.fixture(scope="session")
@@ -185,13 +193,3 @@ def passfile_dsns(stack, tmp_path) -> dict[str, str]:
     passfile.write_text("\n".join(lines) + "\n")
     passfile.chmod(0o600)
     return without_passwords
-
-
-@pytest.fixture(scope="session")
-def chromium() -> tuple[str, str]:
-    """Debian's Chromium and its chromedriver, installed once when missing (about a minute)."""
-    install = PROJECT / "tests" / "browser" / "install-chromium.sh"
-    result = subprocess.run([str(install)], capture_output=True, text=True, timeout=600, check=False)
-    if result.returncode:
-        pytest.fail(f"{install.name} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
-    return "/usr/bin/chromium", "/usr/bin/chromedriver"

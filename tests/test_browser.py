@@ -10,36 +10,19 @@ results/browser/ (the path is printed). Every browser and chromedriver is quit,
 pass or fail.
 """
 
-import os
 import re
-import signal
 import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
+from headless_chromium import ARTIFACTS, quit_chromium, save_evidence, start_chromium
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException, WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-PROJECT = Path(__file__).resolve().parent.parent
-ARTIFACTS = PROJECT / "results" / "browser"
-# The machines that run this reach no network but the Debian mirror: without the
-# background-networking flags Chromium's own connections are refused, noisily.
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",  # as root, and in containers, Chromium's sandbox cannot start
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1000,800",
-)
 # The page's reconnect delay is at most 10 s (full jitter); the app restarts within a few.
 TIMEOUT_S = 30
 
@@ -124,65 +107,21 @@ class Page:
 
     def save_evidence(self, stem: str) -> list[Path]:
         """Screenshot, console log and DOM of this page, as files named after the test."""
-        saved = []
-        base = ARTIFACTS / f"{stem}-{self.label}"
-        try:
-            if self.driver.save_screenshot(str(base.with_suffix(".png"))):
-                saved.append(base.with_suffix(".png"))
-            console = "\n".join(
-                f"{entry['timestamp']} {entry['level']} {entry['message']}"
-                for entry in self.driver.get_log("browser")
-            )
-            base.with_suffix(".console.log").write_text(console + "\n")
-            base.with_suffix(".html").write_text(self.driver.page_source)
-            saved += [base.with_suffix(".console.log"), base.with_suffix(".html")]
-        except WebDriverException as error:  # a browser that died has nothing more to give
-            base.with_suffix(".error.txt").write_text(f"evidence not saved: {error}\n")
-            saved.append(base.with_suffix(".error.txt"))
-        return saved
+        return save_evidence(self.driver, ARTIFACTS / f"{stem}-{self.label}")
 
     def quit(self) -> None:
-        """Quit the browser and chromedriver; then end any Chromium process of this
-        session's own profile that outlived them (found by its --user-data-dir)."""
-        try:
-            self.driver.quit()
-        finally:
-            end_processes_using(self.profile)
-
-
-def end_processes_using(profile: Path) -> None:
-    """SIGKILL the processes started with this --user-data-dir: this session's Chromium only."""
-    marker = f"--user-data-dir={profile}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker in (entry / "cmdline").read_bytes().split(b"\0"):
-                os.kill(int(entry.name), signal.SIGKILL)
-        except OSError:  # ended meanwhile (ProcessLookupError too)
-            continue
+        quit_chromium(self.driver, self.profile)
 
 
 @pytest.fixture
 def browsers(request, stack, chromium, failed_so_far):
     """Opens pages: ``browsers(label, name, room)``; on failure saves their evidence; quits them all."""
-    chromium_path, driver_path = chromium
     pages: list[Page] = []
     profiles = tempfile.TemporaryDirectory(prefix="chat-browser-", ignore_cleanup_errors=True)
 
     def open_page(label: str, name: str, room: str | None) -> Page:
         profile = Path(profiles.name, label)
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium_path
-        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-            options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        try:
-            driver = webdriver.Chrome(options=options, service=Service(driver_path))
-        except Exception:  # Selenium quits chromedriver itself; a Chromium may be left
-            end_processes_using(profile)
-            raise
-        page = Page(label, driver, profile)
+        page = Page(label, start_chromium(profile), profile)
         pages.append(page)
         page.open(stack.app_url + "/" + (f"#{room}" if room else ""))
         page.wait_synced()
@@ -195,7 +134,6 @@ def browsers(request, stack, chromium, failed_so_far):
     finally:
         try:
             if failed_so_far() and pages:
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
                 stem = request.node.name.replace("/", "_")
                 saved = [path for page in pages for path in page.save_evidence(stem)]
                 print(f"\nbrowser evidence of {request.node.nodeid}:", *saved, sep="\n  ")

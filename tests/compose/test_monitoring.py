@@ -21,11 +21,9 @@ from pathlib import Path
 
 import pytest
 from compose_harness import PROMETHEUS_PORT, RESULTS, ComposeStack, drive_load
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+from headless_chromium import quit_chromium, start_chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from test_browser import CHROMIUM_FLAGS, end_processes_using
 
 from probes.chat import ChatHttp
 from probes.connections import connection_bound
@@ -204,15 +202,9 @@ def test_a_saturated_pool_fires_the_alerts_which_resolve_after(monitoring: Compo
 
 
 def test_the_dashboard_shows_the_bound_in_a_browser(monitoring: ComposeStack, chromium):
-    chromium_path, driver_path = chromium
     profile = Path(tempfile.mkdtemp(prefix="chat-dashboard-"))
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium_path
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1300,1150"):
-        options.add_argument(flag)
-    driver = None
+    driver = start_chromium(profile, window_size="1300,1150")
     try:
-        driver = webdriver.Chrome(options=options, service=Service(driver_path))
         driver.get(f"{PROMETHEUS}/consoles/chat.html?minutes=5")
         wait = WebDriverWait(driver, 30, poll_frequency=0.2)
         headline = wait.until(
@@ -229,6 +221,4 @@ def test_the_dashboard_shows_the_bound_in_a_browser(monitoring: ComposeStack, ch
         RESULTS.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(RESULTS / "dashboard.png"))
     finally:
-        if driver is not None:
-            driver.quit()
-        end_processes_using(profile)
+        quit_chromium(driver, profile)
