@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LOCKS := app/requirements.txt loadtest/requirements.txt requirements-dev.txt
-SCRIPTS := $(wildcard */entrypoint.sh) lib/secrets.sh native/install-system-packages.sh .ci/run .ci/as-regular-user.sh $(wildcard compose/*.sh) $(wildcard tests/browser/*.sh)
+SCRIPTS := $(wildcard */entrypoint.sh) lib/secrets.sh native/install-system-packages.sh native/fetch-monitoring.sh .ci/run .ci/as-regular-user.sh $(wildcard compose/*.sh) $(wildcard tests/browser/*.sh)
 DOCKERFILES := $(wildcard */Dockerfile)
 
 .PHONY: help
