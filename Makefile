@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LOCKS := app/requirements.txt loadtest/requirements.txt requirements-dev.txt
-SCRIPTS := $(wildcard */entrypoint.sh) monitoring/promtool.sh lib/secrets.sh native/install-system-packages.sh .ci/run .ci/as-regular-user.sh $(wildcard compose/*.sh) $(wildcard tests/browser/*.sh)
+SCRIPTS := $(wildcard */entrypoint.sh) loadtest/as-results-owner.sh monitoring/promtool.sh lib/secrets.sh native/install-system-packages.sh native/fetch-monitoring.sh .ci/run .ci/as-regular-user.sh $(wildcard compose/*.sh) $(wildcard tests/browser/*.sh)
 DOCKERFILES := $(wildcard */Dockerfile)
 
 .PHONY: help
@@ -34,8 +34,12 @@ venv: $(VENV)/.installed ## create .venv from the lock files
 up: deps venv ## start the native stack (PostgreSQL, PgBouncer, Redis, Daphne) on loopback
 	@$(PY) -m native up
 
+.PHONY: monitoring
+monitoring: deps venv ## the native stack (started if need be) plus Prometheus and its exporters; prints the dashboard's URL
+	@$(PY) -m native up --monitoring
+
 .PHONY: down
-down: ## stop every process the native stack started
+down: ## stop every process the native stack started (monitoring too)
 	@if [[ -x $(PY) ]]; then $(PY) -m native down; fi
 
 .PHONY: destroy

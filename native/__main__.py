@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=PROFILES,
         help=f"how the app reaches PostgreSQL (default {SHIPPED.name})",
     )
+    up.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also Prometheus and the PgBouncer and PostgreSQL exporters (make monitoring)",
+    )
     commands.add_parser("down", help="stop every process the stack started")
     commands.add_parser("destroy", help="stop, then delete the state directory (data, secrets)")
     commands.add_parser("status", help="show which services run, with their PIDs")
@@ -33,8 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             profile = profile_named(args.profile)
             print(f"starting the stack in {stack.dir} ({profile.name}: {profile.summary})", flush=True)
-            stack.up(profile)
+            stack.up(profile, monitoring=args.monitoring)
             print(f"ready: {stack.app_url}/  (health: {stack.app_url}/healthz, logs: {stack.path('logs')})")
+            if args.monitoring:
+                # Debian's Prometheus reads its own web pages from /usr/share/prometheus, which
+                # its binary alone, unpacked elsewhere, lacks: the API answers, the classic UI not.
+                print(f"dashboard: {stack.prometheus_url}/consoles/chat.html")
+                print(f"targets:   {stack.prometheus_url}/api/v1/targets")
         elif args.command == "down":
             stack.down()
             print("stopped")
@@ -43,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopped, and deleted {stack.dir}")
         elif args.command == "status":
             for name, pid in stack.status().items():
-                print(f"{name:10} {'running, pid ' + str(pid) if pid else 'stopped'}")
+                print(f"{name:18} {'running, pid ' + str(pid) if pid else 'stopped'}")
             if (running := stack.running_profile()) is not None:
                 print(f"app profile: {running}")
         elif args.command == "env":

@@ -5,16 +5,16 @@ The state directory (README, "Native stack"), as laid out by ``Stack.prepare``:
     secrets/   made by secrets/generate.py: the originals in store/ (the invoking
                user's, 0700), and one directory per service (the service user's,
                0500) with only what that service needs
-    data/      PostgreSQL's cluster (the service user's)
+    data/      PostgreSQL's cluster, Prometheus' database (the service user's)
     opt/       read-only copies of the service folders, and of app/, that the
                services run from (the checkout may be closed to the service user)
     run/       supervisord's socket, config and pid (the invoking user's); one
                writable directory per service inside (run/postgres/, ...)
     logs/      every service's log, written by supervisord (the invoking user's)
 
-As root, PostgreSQL, PgBouncer, Redis and Daphne run as the unprivileged
-``postgres`` user; root never writes into a directory that user owns, so no path
-root writes through can be replaced by that user.
+As root, PostgreSQL, PgBouncer, Redis and Daphne (and Prometheus and its
+exporters) run as the unprivileged ``postgres`` user; root never writes into a
+directory that user owns, so no path root writes through can be replaced by that user.
 """
 
 import hashlib
@@ -40,9 +40,10 @@ ROLE_PASSWORDS = {
 # Debian installs pgbouncer (and other daemons) in /usr/sbin, which is not on a
 # regular user's PATH: the services get it whoever starts the stack.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# As root, the app runs as the service user from a virtualenv that user can read:
-# root's own (.venv) may sit in a private checkout or use a Python under /root.
-SERVICE_VENVS = Path("/var/cache/chat-stack")
+# As root, what the service user runs that is not staged (the app's virtualenv,
+# the monitoring binaries) is cached where that user can read it: root's own .venv
+# may sit in a private checkout or use a Python under /root.
+SERVICE_CACHE = Path("/var/cache/chat-stack")
 # The pooled-postgres package, installed beside the app's lock file in every virtualenv.
 POOLED_POSTGRES = PROJECT / "pooled-postgres"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -69,6 +70,10 @@ class Config:
     app_port: int = field(default_factory=lambda: _env_int("APP_PORT", 8000))
     app_workers: int = field(default_factory=lambda: _env_int("APP_WORKERS", 2))
     metrics_port: int = field(default_factory=lambda: _env_int("APP_METRICS_PORT", 9100))
+    # make monitoring (native/services.py): Prometheus and its two exporters.
+    prometheus_port: int = field(default_factory=lambda: _env_int("PROMETHEUS_PORT", 9090))
+    pgbouncer_exporter_port: int = field(default_factory=lambda: _env_int("PGBOUNCER_EXPORTER_PORT", 9127))
+    postgres_exporter_port: int = field(default_factory=lambda: _env_int("POSTGRES_EXPORTER_PORT", 9187))
     # TLS between the app, PgBouncer, PostgreSQL and Redis. STACK_TLS=off exists to
     # measure what TLS costs (make bench), not to run without it.
     tls: bool = field(default_factory=lambda: os.environ.get("STACK_TLS", "on") != "off")
@@ -131,6 +136,10 @@ class Layout:
     def metrics_url(self) -> str:
         """The app's metrics, all its Daphne processes added up (app/chat_site/metrics_server.py)."""
         return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.prometheus_port}"
 
     def dsn(self, role: str, *, through_pgbouncer: bool, dbname: str = "chat", password: bool = True) -> str:
         """A libpq connection string for one of the stack's roles (TLS, the server checked)."""
@@ -205,7 +214,16 @@ class Layout:
         for path in [POOLED_POSTGRES / "pyproject.toml", *sorted(POOLED_POSTGRES.glob("src/**/*.py"))]:
             digest.update(bytes(path.relative_to(POOLED_POSTGRES)) + path.read_bytes())
         key = digest.hexdigest()[:12]
-        return SERVICE_VENVS / f"venv-{key}"
+        return SERVICE_CACHE / f"venv-{key}"
+
+    @property
+    def monitoring_root(self) -> Path:
+        """Where native/fetch-monitoring.sh unpacks Prometheus and the exporters: a cache
+        shared by every stack of the user (the state directory's `destroy` keeps it)."""
+        if self.service_user is not None:
+            return SERVICE_CACHE / "monitoring"
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(cache) / "chat-stack" / "monitoring"
 
 
 def service_user() -> pwd.struct_passwd | None:

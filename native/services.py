@@ -8,6 +8,10 @@ runs as the unprivileged service user (native/layout.py). supervisord restarts
 a long-running service that exits, as Compose's `restart: unless-stopped` does;
 a one-shot job runs to completion before the next service starts, as Compose's
 `service_completed_successfully` makes the app wait for `migrate`.
+
+SERVICES is the stack `up` starts; MONITORING (Prometheus and its two exporters,
+Compose's `monitoring` profile) starts only when asked for (`up --monitoring`,
+`make monitoring`), after them, so `make up` and the tests pay nothing for it.
 """
 
 import urllib.request
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from native.layout import AppRun, Layout
+from native.layout import SYSTEM_PATH, AppRun, Layout
 
 LOOPBACK = "127.0.0.1/32"
 
@@ -76,14 +80,33 @@ def redis_ready(layout: Layout) -> bool:
         client.close()
 
 
+def _get(url: str) -> str | None:
+    """The body of a 200 answer on loopback, else None."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (http:// built here)
+            return response.read().decode() if response.status == 200 else None
+    except OSError:
+        return None
+
+
 def app_ready(layout: Layout) -> bool:
     """/healthz is 200: a query made the round trip through PgBouncer."""
-    try:
-        url = f"{layout.app_url}/healthz"  # http:// built here, never user input
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
-            return response.status == 200
-    except OSError:
-        return False
+    return _get(f"{layout.app_url}/healthz") is not None
+
+
+def _exporter_ready(port_of: Callable[[Layout], int], up_sample: str) -> Callable[[Layout], bool]:
+    """An exporter is ready once its metrics say it reached its server, not merely listening
+    (as the Compose health checks)."""
+
+    def ready(layout: Layout) -> bool:
+        metrics = _get(f"http://{layout.config.host}:{port_of(layout)}/metrics")
+        return metrics is not None and up_sample in metrics.splitlines()
+
+    return ready
+
+
+def prometheus_ready(layout: Layout) -> bool:
+    return _get(f"{layout.prometheus_url}/-/ready") is not None
 
 
 # --- environments --------------------------------------------------------------------------
@@ -170,12 +193,86 @@ SERVICES = (
         stop_wait_s=25,
     ),
 )
-SERVICE_NAMES = tuple(service.name for service in SERVICES)
-LONG_RUNNING = tuple(service.name for service in SERVICES if not service.one_shot)
+
+
+def _monitoring_environment(layout: Layout, run_dir: str, **extra: str) -> dict[str, str]:
+    """monitoring/entrypoint.sh's settings for one of its services: Debian's binaries from
+    the cache (native/fetch-monitoring.sh) first on PATH, a run directory of its own."""
+    return layout.service_env(
+        PATH=f"{layout.monitoring_root / 'usr' / 'bin'}:{SYSTEM_PATH}",
+        MONITORING_RUN_DIR=str(layout.path("run", run_dir)),
+        **extra,
+    )
+
+
+def _monitor_secrets(layout: Layout, *names: str) -> dict[str, str]:
+    """The monitor's secrets an exporter needs (NAME_FILE), and the CA to check its server by."""
+    monitor = layout.path("secrets", "monitor")
+    tls = {"TLS_CA_FILE": str(monitor / "ca.crt")} if layout.config.tls else {}
+    return {f"{name}_FILE": str(monitor / name) for name in names} | tls
+
+
+def _target(layout: Layout, port: int) -> str:
+    return f"{layout.config.host}:{port}"
+
+
+MONITORING = (
+    # The stats console user: SHOW commands only (pgbouncer/pgbouncer.ini).
+    Service(
+        "pgbouncer-exporter",
+        _entrypoint("monitoring", "pgbouncer-exporter"),
+        lambda layout, _app: _monitoring_environment(
+            layout,
+            "pgbouncer-exporter",
+            PGBOUNCER_HOST=layout.config.host,
+            PGBOUNCER_PORT=str(layout.config.pgbouncer_port),
+            EXPORTER_LISTEN=layout.config.host,
+            EXPORTER_PORT=str(layout.config.pgbouncer_exporter_port),
+            **_monitor_secrets(layout, "PGBOUNCER_STATS_PASSWORD"),
+        ),
+        _exporter_ready(lambda layout: layout.config.pgbouncer_exporter_port, "pgbouncer_up 1"),
+    ),
+    # chat_monitor: a member of pg_monitor, no table of the app's (postgres/initdb/).
+    Service(
+        "postgres-exporter",
+        _entrypoint("monitoring", "postgres-exporter"),
+        lambda layout, _app: _monitoring_environment(
+            layout,
+            "postgres-exporter",
+            POSTGRES_HOST=layout.config.host,
+            POSTGRES_PORT=str(layout.config.postgres_port),
+            EXPORTER_LISTEN=layout.config.host,
+            EXPORTER_PORT=str(layout.config.postgres_exporter_port),
+            **_monitor_secrets(layout, "POSTGRES_MONITOR_PASSWORD"),
+        ),
+        _exporter_ready(lambda layout: layout.config.postgres_exporter_port, "pg_up 1"),
+    ),
+    # Prometheus has no login: loopback only, as Compose publishes it.
+    Service(
+        "prometheus",
+        _entrypoint("monitoring", "prometheus"),
+        lambda layout, _app: _monitoring_environment(
+            layout,
+            "prometheus",
+            PROMETHEUS_LISTEN=layout.config.host,
+            PROMETHEUS_PORT=str(layout.config.prometheus_port),
+            PROMETHEUS_DATA_DIR=str(layout.path("data", "prometheus")),
+            PROMETHEUS_APP_TARGETS=_target(layout, layout.config.metrics_port),
+            PROMETHEUS_PGBOUNCER_TARGETS=_target(layout, layout.config.pgbouncer_exporter_port),
+            PROMETHEUS_POSTGRES_TARGETS=_target(layout, layout.config.postgres_exporter_port),
+        ),
+        prometheus_ready,
+        stop_wait_s=30,  # SIGTERM: Prometheus writes its head block out
+    ),
+)
+EVERY_SERVICE = SERVICES + MONITORING
+SERVICE_NAMES = tuple(service.name for service in EVERY_SERVICE)
+LONG_RUNNING = tuple(service.name for service in EVERY_SERVICE if not service.one_shot)
+MONITORING_NAMES = tuple(service.name for service in MONITORING)
 
 
 def service(name: str) -> Service:
-    for candidate in SERVICES:
+    for candidate in EVERY_SERVICE:
         if candidate.name == name:
             return candidate
     raise KeyError(f"no service {name!r}; the stack has {', '.join(SERVICE_NAMES)}")

@@ -2,7 +2,8 @@
 
 Python prepares (state directory, secrets, staged service folders), starts each
 service in the order native/services.py declares and waits until it is ready;
-supervisord (native/supervisor.py) runs, stops and restarts the processes.
+supervisord (native/supervisor.py) runs, stops and restarts the processes. On
+request, Prometheus and its two exporters join them (make monitoring).
 """
 
 import json
@@ -28,15 +29,15 @@ from native.layout import (
     StackError,
 )
 from native.profiles import PROFILES, SHIPPED, Profile
-from native.services import LONG_RUNNING, SERVICES, Service, service
+from native.services import LONG_RUNNING, MONITORING, SERVICES, Service, service
 from native.supervisor import Supervisor, tail
 from probes.connections import APP_DATABASE, app_pool, pool_server_connections
 
 # Folders copied into the state directory at every start, where the service user
 # can read them even when the checkout is private to the invoking user.
-STAGED = ("postgres", "pgbouncer", "redis", "lib", "app")
+STAGED = ("postgres", "pgbouncer", "redis", "lib", "app", "monitoring")
 # Directories of run/ each service writes into (its socket, runtime config, pid).
-SERVICE_RUN_DIRS = ("postgres", "pgbouncer", "redis", "app")
+SERVICE_RUN_DIRS = ("postgres", "pgbouncer", "redis", "app", *(each.name for each in MONITORING))
 # Who gets a directory of secrets (secrets/generate.py): natively all are the service user.
 SECRET_CONSUMERS = ("postgres", "pgbouncer", "redis", "app", "migrate", "monitor", "proxy")
 
@@ -48,8 +49,11 @@ class Stack(Layout):
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def up(self, profile: Profile = SHIPPED, extra_env: dict[str, str] | None = None) -> None:
-        """Start every service that is not running, in order, each once the one before is ready."""
+    def up(
+        self, profile: Profile = SHIPPED, extra_env: dict[str, str] | None = None, *, monitoring: bool = False
+    ) -> None:
+        """Start every service that is not running, in order, each once the one before is ready;
+        with ``monitoring``, Prometheus and its exporters after them."""
         app = AppRun(profile, tuple(sorted((extra_env or {}).items())))
         self.prepare()
         self.supervisor.write_config(app)
@@ -61,6 +65,18 @@ class Stack(Layout):
             else:
                 self._ensure_running(each)
         self._record(app)
+        if monitoring:
+            self.start_monitoring()
+
+    def start_monitoring(self) -> None:
+        """Prometheus and its exporters, on the running stack, each once the one before is ready:
+        Debian's binaries, fetched into a cache the first time (native/fetch-monitoring.sh)."""
+        script = PROJECT / "native" / "fetch-monitoring.sh"
+        fetched = subprocess.run([str(script), str(self.monitoring_root)], check=False)
+        if fetched.returncode:
+            raise StackError(f"{script.name} failed (exit code {fetched.returncode}); its messages are above")
+        for each in MONITORING:
+            self._ensure_running(each)
 
     def restart_app(self, profile: Profile, extra_env: dict[str, str] | None = None) -> None:
         """Restart the app in a profile, with PgBouncer's idle server connections closed in between.

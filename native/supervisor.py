@@ -20,7 +20,7 @@ import xmlrpc.client
 from pathlib import Path
 
 from native.layout import SYSTEM_PATH, AppRun, Layout, StackError
-from native.services import SERVICES, Service
+from native.services import EVERY_SERVICE, Service
 
 RPC_TIMEOUT_S = 60.0  # longer than any service's stop grace period
 UNIX_PATH_MAX = 107  # sun_path's size, less the terminating NUL
@@ -102,7 +102,7 @@ class Supervisor:
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
             "",
         ]
-        for service in SERVICES:
+        for service in EVERY_SERVICE:
             lines += [*self._program(service, app), ""]
         return "\n".join(lines)
 
@@ -206,7 +206,7 @@ class Supervisor:
         programs = []
         try:
             programs = [info["pid"] for info in self.rpc.supervisor.getAllProcessInfo() if info["pid"]]
-            for service in reversed(SERVICES):
+            for service in reversed(EVERY_SERVICE):
                 self.stop(service.name)
             self.rpc.supervisor.shutdown()
         except (OSError, xmlrpc.client.Error):

@@ -15,6 +15,7 @@ import pytest
 
 from native.layout import Config, default_state_dir
 from native.profiles import SHIPPED
+from native.services import MONITORING_NAMES
 from native.stack import Stack
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -28,7 +29,11 @@ TEST_PORTS = {
     "pgbouncer_port": 26432 + OFFSET,
     "redis_port": 26379 + OFFSET,
     "app_port": 28000 + OFFSET,
-    "metrics_port": 27000 + OFFSET,  # not 29xxx: the Compose test publishes there
+    # Not 29xxx: the Compose test publishes there (tests/compose/compose_harness.py).
+    "metrics_port": 27000 + OFFSET,
+    "prometheus_port": 27090 + OFFSET,
+    "pgbouncer_exporter_port": 27127 + OFFSET,
+    "postgres_exporter_port": 27187 + OFFSET,
 }
 
 
@@ -48,6 +53,18 @@ def stack():
         raise
     finally:
         stack.destroy()
+
+
+@pytest.fixture(scope="module")
+def monitoring(stack):
+    """Prometheus and its two exporters on the session's stack (make monitoring), for one
+    module: stopped after it, so the other tests neither wait for nor carry them."""
+    try:
+        stack.start_monitoring()
+        yield stack
+    finally:
+        for name in reversed(MONITORING_NAMES):
+            stack.stop(name)
 
 
 LOG_MARKS = pytest.StashKey[dict]()
