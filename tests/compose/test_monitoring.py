@@ -42,12 +42,12 @@ SERVER_CONNECTIONS = "sum(" + " + ".join(
     f"pgbouncer_pools_server_{state}_connections{{{APP_POOL}}}"
     for state in ("active", "idle", "used", "testing", "login")
 ) + ")"  # fmt: skip
-BOUND = 'sum(pgbouncer_databases_pool_size{name="chat"} + pgbouncer_databases_reserve_pool{name="chat"})'
+BOUND = "max(pgbouncer_config_max_user_connections)"  # pgbouncer.ini: the app role's bound
 # Two scrapes and an evaluation (5 s each, monitoring/prometheus.yml), with room to spare.
 SCRAPED_WITHIN_S = 20
 # The alerts a saturated pool must raise (monitoring/rules/chat.rules.yml); their `for:`
 # durations decide how long the saturation lasts.
-SATURATION_ALERTS = {"ServerConnectionsAtBound", "PgBouncerClientsWaiting"}
+SATURATION_ALERTS = {"ServerConnectionsAtBound", "PgBouncerClientsWaiting", "PgBouncerMaxWaitHigh"}
 SATURATION_S = 50
 ALERT_WITHIN_S = 45
 
@@ -198,6 +198,7 @@ def test_a_saturated_pool_fires_the_alerts_which_resolve_after(monitoring: Compo
     # Never above the bound, even saturated; and the waits were seen.
     assert value(f"max_over_time({SERVER_CONNECTIONS}[5m:5s])") == connection_bound()
     assert value(f"max_over_time(pgbouncer_pools_client_maxwait_seconds{{{APP_POOL}}}[5m])") >= 5
+    # PgBouncerMaxWaitHigh keeps firing for 30 s after its last breach, the others resolve at once.
     wait_for(lambda: not firing() & SATURATION_ALERTS, "resolved", 60)
 
 
