@@ -12,6 +12,7 @@ import re
 import socket as socket_module
 import ssl
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -486,6 +487,11 @@ def _up_healthy(compose_stack: ComposeStack, *services: str, scale: dict[str, in
                 time.sleep(2)
 
 
+def _json_from(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
 def test_locust_master_and_scaled_workers_come_up(compose_stack: ComposeStack):
     _up_healthy(compose_stack, "locust-master", "locust-worker", scale={"locust-worker": 2})
     assert len(compose_stack.containers("locust-worker")) == 2
@@ -498,6 +504,14 @@ def test_locust_master_and_scaled_workers_come_up(compose_stack: ComposeStack):
     ):
         assert time.monotonic() < deadline, "the master never saw both workers"
         time.sleep(1)
+    # Its web UI's Connections tab: the monitor reads the app role's server connections.
+    deadline = time.monotonic() + 30
+    while (tab := _json_from(f"http://127.0.0.1:{LOCUST_PORT}/connections/data"))["now"][
+        "server_connections"
+    ] is None:
+        assert time.monotonic() < deadline, f"the Connections tab has no reading: {tab}"
+        time.sleep(1)
+    assert tab["bound"] == connection_bound() and 0 <= tab["now"]["server_connections"] <= tab["bound"]
     compose_stack.compose("stop", "locust-master", "locust-worker", profiles=EVERY_PROFILE, timeout=60)
 
 

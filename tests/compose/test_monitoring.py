@@ -114,6 +114,13 @@ def firing() -> set[str]:
     }
 
 
+def record(line: str) -> None:
+    """A figure for the README (results/compose-test/monitoring.txt), as this run measured it."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with (RESULTS / "monitoring.txt").open("a") as out:
+        out.write(line + "\n")
+
+
 def wait_for(condition, what: str, timeout: float, seen=lambda: sorted(firing())):
     """Poll ``condition()`` every second until truthy (returned); fail naming ``what`` and
     what was ``seen`` instead (by default: the alerts firing)."""
@@ -130,6 +137,7 @@ def monitoring(compose_stack: ComposeStack) -> ComposeStack:
     """The stack with its monitoring profile, up and healthy as the README says to bring it up."""
     up = compose_stack.compose("up", "--detach", "--wait", profiles=("monitoring",), timeout=300)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "monitoring.txt").unlink(missing_ok=True)
     (RESULTS / "monitoring-up-wait.txt").write_text(
         f"$ docker compose --profile monitoring up --detach --wait    # Compose {compose_stack.version}\n"
         f"{up.stderr}{up.stdout}"
@@ -177,6 +185,10 @@ def test_series_move_with_the_load_and_server_connections_stay_within_the_bound(
     assert 1 <= peak <= connection_bound(), f"peak {peak} server connections"
     assert value(f"max_over_time(sum(rate(chat_messages_acknowledged_total[30s])){window})") > 1
     assert value(f"max_over_time(sum(chat_db_pool_size){window})") >= 1
+    record(
+        f"load: {done.posts} messages acknowledged and {done.reads} reads in 25 s over {posters} sockets; "
+        f"Prometheus counted {done.posts}; server connections peak {peak:g} of {connection_bound()}"
+    )
 
 
 def test_a_saturated_pool_fires_the_alerts_which_resolve_after(monitoring: ComposeStack):
@@ -200,11 +212,16 @@ def test_a_saturated_pool_fires_the_alerts_which_resolve_after(monitoring: Compo
     assert value(f"max_over_time(pgbouncer_pools_client_maxwait_seconds{{{APP_POOL}}}[5m])") >= 5
     # PgBouncerMaxWaitHigh keeps firing for 30 s after its last breach, the others resolve at once.
     wait_for(lambda: not firing() & SATURATION_ALERTS, "resolved", 60)
+    record(
+        f"saturation: {held} server connections held for {SATURATION_S} s, {refused} queued clients refused; "
+        f"{sorted(SATURATION_ALERTS)} all firing {fired_after:.0f} s after it began, "
+        f"resolved {time.monotonic() - started - SATURATION_S:.0f} s after it ended"
+    )
 
 
 def test_the_dashboard_shows_the_bound_in_a_browser(monitoring: ComposeStack, chromium):
     profile = Path(tempfile.mkdtemp(prefix="chat-dashboard-"))
-    driver = start_chromium(profile, window_size="1300,1150")
+    driver = start_chromium(profile, window_size="1300,1500")
     try:
         driver.get(f"{PROMETHEUS}/consoles/chat.html?minutes=5")
         wait = WebDriverWait(driver, 30, poll_frequency=0.2)
