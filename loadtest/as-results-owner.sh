@@ -19,13 +19,16 @@ group=$(stat --format=%g "$results")
 # it once it is the owner's.
 handed=$copies/monitor
 mkdir -m 0700 "$handed"
+umask 0377  # each copy made 0400, then given away: chmod after chown would need CAP_FOWNER
 for name in MONITOR_POSTGRES_PASSWORD_FILE MONITOR_PGBOUNCER_PASSWORD_FILE; do
   source_file=${!name:?set $name}
-  install -m 0400 -o "$owner" -g "$group" "$source_file" "$handed/${name%_FILE}"
+  cp "$source_file" "$handed/${name%_FILE}"
+  chown "$owner:$group" "$handed/${name%_FILE}"
   export "$name=$handed/${name%_FILE}"
 done
 chmod 0500 "$handed"
 chown "$owner:$group" "$handed"
 
+umask 0022  # the results: readable by all, as any file of theirs
 # An empty bounding set: no capability survives, even when the owner is root.
 exec setpriv --reuid="$owner" --regid="$group" --clear-groups --inh-caps=-all --bounding-set=-all "$@"
