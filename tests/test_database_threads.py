@@ -16,6 +16,7 @@ import uuid
 import psycopg
 import pytest
 from app_processes import per_process, scrape_until, served_by, total, wait_for_metrics
+from pipelined import answers, pipeline
 
 from native.profiles import SHIPPED
 from pooled_postgres.observe import pgbouncer_show, role_connections
@@ -42,27 +43,6 @@ def threaded_app(stack):
         yield stack
     finally:
         stack.restart_app(SHIPPED)
-
-
-def pipeline(sockets: dict[str, ChatSocket], per_socket: int) -> dict[str, list[str]]:
-    """Send ``per_socket`` messages on every socket without waiting for an ack, the sockets'
-    frames interleaved so that all are busy at once; the client_ids each sent, in order."""
-    tag = uuid.uuid4().hex[:8]
-    sent = {name: [f"{name}-{tag}-{n}" for n in range(per_socket)] for name in sockets}
-    for n in range(per_socket):
-        for name, socket in sockets.items():
-            socket.send({"type": "message", "text": f"message {n} from {name}", "client_id": sent[name][n]})
-    return sent
-
-
-def answers(socket: ChatSocket, count: int) -> list[dict]:
-    """The next ``count`` acks and errors on the socket, in the order they came (broadcasts skipped)."""
-    frames = []
-    while len(frames) < count:
-        frame = socket.receive()
-        if frame["type"] in ("ack", "error"):
-            frames.append(frame)
-    return frames
 
 
 def test_the_default_runs_one_database_call_at_a_time_per_process(stack, room, owner_db, monitor_db):
