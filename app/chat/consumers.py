@@ -23,7 +23,7 @@ from chat.protocol import CloseCode, HistoryRequest, ProtocolError, parse_author
 logger = logging.getLogger(__name__)
 
 find_room = database_call(store.find_room)
-add_message = database_call(store.add_message)
+add_message = database_call(store.add_message_checked if settings.CHAT_MESSAGE_CHECKS else store.add_message)
 latest_messages = database_call(store.latest_messages)
 
 UNAVAILABLE = "the database is unavailable; try again later"
@@ -33,6 +33,7 @@ UNAVAILABLE = "the database is unavailable; try again later"
 UNAVAILABLE_MESSAGE = (
     "the database is unavailable; the message may not have been stored: send it again with the same client_id"
 )
+FORBIDDEN = "you may not post in this room; the message was not stored"
 
 # An error names the client_id of a refused frame of up to this many times CHAT_MAX_FRAME_BYTES.
 PEEK_FRAME_FACTOR = 8
@@ -172,6 +173,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def post(self, text: str, client_id: str):
         try:
             message, duplicate = await add_message(self.room.id, self.author, text, client_id)
+        except store.PostingForbidden:
+            raise ProtocolError("forbidden", FORBIDDEN, client_id) from None
         except DatabaseError:
             logger.warning("message insert failed in room %s", self.room.slug, exc_info=True)
             raise ProtocolError("unavailable", UNAVAILABLE_MESSAGE, client_id) from None

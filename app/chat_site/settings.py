@@ -166,6 +166,9 @@ if CHAT_DATABASE_THREADS > DATABASE_POOL_MAX_SIZE:
         f"connections of Django's pool per process: set CHAT_DATABASE_THREADS to at most "
         f"{DATABASE_POOL_MAX_SIZE}, or DATABASE_POOL_MAX_SIZE to at least {CHAT_DATABASE_THREADS}"
     )
+# What a real handler does before it stores a message, off by default: `make bench`'s
+# realistic-database scenario turns it on (chat/store.py, add_message_checked).
+CHAT_MESSAGE_CHECKS = env.bool("CHAT_MESSAGE_CHECKS", default=False)
 
 # --- Channels ------------------------------------------------------------------
 # One Daphne process can use the in-memory layer; several processes need a shared
