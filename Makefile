@@ -61,10 +61,13 @@ bench: deps venv ## not a test: every configuration side by side, the pgbench ce
 	@$(PY) -m native up
 	@$(PY) -m loadtest.bench
 
+# e.g. make chaos CHAOS_ARGS="--app-setting CHAT_DATABASE_THREADS=4" (python -m loadtest.chaos --help)
+CHAOS_ARGS ?=
+
 .PHONY: chaos
 chaos: deps venv ## inject faults under load (PgBouncer/PostgreSQL restarts, saturated pool, killed Daphne); lost must be 0
 	@$(PY) -m native up
-	@$(PY) -m loadtest.chaos
+	@$(PY) -m loadtest.chaos $(CHAOS_ARGS)
 
 .PHONY: test
 test: deps venv ## the whole suite against real servers, the Compose stack on a private Docker engine included
