@@ -57,7 +57,7 @@ demo: deps venv ## bring the stack up, check it end to end, then prove server co
 	@$(PY) -m loadtest.demo
 
 .PHONY: bench
-bench: deps venv ## not a test: every configuration side by side, the pgbench ceiling and 5,000 users (~19 min)
+bench: deps venv ## not a test: every configuration side by side in two scenarios, the pgbench ceiling and 5,000 users (~33 min)
 	@$(PY) -m native up
 	@$(PY) -m loadtest.bench
 
