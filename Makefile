@@ -57,14 +57,17 @@ demo: deps venv ## bring the stack up, check it end to end, then prove server co
 	@$(PY) -m loadtest.demo
 
 .PHONY: bench
-bench: deps venv ## not a test: every configuration side by side, the pgbench ceiling and 5,000 users (~19 min)
+bench: deps venv ## not a test: every configuration side by side in two scenarios, the pgbench ceiling and 5,000 users (~33 min)
 	@$(PY) -m native up
 	@$(PY) -m loadtest.bench
+
+# e.g. make chaos CHAOS_ARGS="--app-setting CHAT_DATABASE_THREADS=4" (python -m loadtest.chaos --help)
+CHAOS_ARGS ?=
 
 .PHONY: chaos
 chaos: deps venv ## inject faults under load (PgBouncer/PostgreSQL restarts, saturated pool, killed Daphne); lost must be 0
 	@$(PY) -m native up
-	@$(PY) -m loadtest.chaos
+	@$(PY) -m loadtest.chaos $(CHAOS_ARGS)
 
 .PHONY: test
 test: deps venv ## the whole suite against real servers, the Compose stack on a private Docker engine included

@@ -2,9 +2,12 @@
 
 For each configuration (native/profiles.py, plus variants that turn one lever),
 the app is restarted with the same number of Daphne processes and driven by the
-saturating WebSocket-only scenario (each user's next message right after its
-ack), in rounds with the order reversed every other round so that a slow moment
-of the machine does not land on one configuration only. WebSocket-only load
+saturating WebSocket-only load (each user's next message right after its ack),
+in rounds with the order reversed every other round so that a slow moment of the
+machine does not land on one configuration only. The load runs in two scenarios
+(bench_table.BENCH_SCENARIOS): websocket-only, each message one INSERT, and
+realistic-database, where the app does what a real handler does before storing
+a message (a read and a permission lookup, CHAT_MESSAGE_CHECKS). WebSocket-only load
 does not show the leak (consumers use one database thread per process), so each
 configuration from native/profiles.py also gets a short chat run with its HTTP
 page and history loads, for its connection peaks. Then the ceiling:
@@ -32,7 +35,16 @@ from pathlib import Path
 import psycopg
 
 from loadtest import ceiling, cpu
-from loadtest.bench_table import CONFIGS, BenchConfig, combine, markdown, plot
+from loadtest.bench_table import (
+    BENCH_SCENARIOS,
+    CONFIGS,
+    WEBSOCKET_ONLY,
+    BenchConfig,
+    BenchScenario,
+    combine,
+    markdown,
+    plot,
+)
 from loadtest.runner import Target, run_target, wait_healthy
 from loadtest.scenario import PROJECT, Scenario, raise_open_file_limit
 from native.layout import Config, StackError
@@ -99,12 +111,19 @@ def prepare_rooms(stack: Stack, scenario: Scenario) -> None:
         http.ensure_room(f"{scenario.room_prefix}-0-{number}")
 
 
-def start(stacks: dict[bool, Stack], config: BenchConfig, current: Stack | None) -> Stack:
-    """The app in a configuration; switching TLS on or off restarts the data services too."""
+def start(
+    stacks: dict[bool, Stack],
+    config: BenchConfig,
+    current: Stack | None,
+    scenario: BenchScenario = WEBSOCKET_ONLY,
+) -> Stack:
+    """The app in a configuration, with a scenario's settings on top; switching TLS on or off
+    restarts the data services too."""
     stack = stacks[config.tls]
+    extra_env = {**config.extra_env, **scenario.app_env}
     if stack is not current:
-        stack.up(config.profile, config.extra_env)
-    stack.restart_app(config.profile, config.extra_env)
+        stack.up(config.profile, extra_env)
+    stack.restart_app(config.profile, extra_env)
     wait_healthy(stack.app_url)
     return stack
 
@@ -171,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, default=20, help="seconds at full load per run (%(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="runs per configuration (default %(default)s)")
     parser.add_argument("--only", action="append", help="measure only this configuration (repeatable)")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(BENCH_SCENARIOS),
+        help="run only this scenario (repeatable; default: all)",
+    )
     parser.add_argument("--pgbench-seconds", type=int, default=10, help="(default %(default)s)")
     parser.add_argument(
         "--capacity-users", type=int, default=5000, help="0 skips the capacity run (%(default)s)"
@@ -180,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     configs = [c for c in CONFIGS if not args.only or c.name in args.only]
+    scenarios = [s for s in BENCH_SCENARIOS.values() if not args.scenario or s.name in args.scenario]
 
     raise_open_file_limit()
     # One stack, its data services with TLS or without (pooled-djangopool-notls).
@@ -191,33 +217,40 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.up(SHIPPED)
         prepare_rooms(stack, scenario)
-        runs: dict[str, list[dict]] = {c.name: [] for c in configs}
+        runs: dict[tuple[str, str], list[dict]] = {(s.name, c.name): [] for s in scenarios for c in configs}
         for round_number in range(args.rounds):
             order = configs if round_number % 2 == 0 else list(reversed(configs))
-            for config in order:
-                print(
-                    f"[round {round_number + 1}/{args.rounds}] {config.name}: {config.description}",
-                    flush=True,
-                )
-                stack = start(stacks, config, stack)
-                target = Target(config.name, stack.app_url, config.description)
-                before = cpu.snapshot(stack)
-                run = run_target(
-                    target, scenario, out / f"{config.name}-{round_number + 1}", stack.monitor_env()
-                )
-                sent = run["requests_by_name"].get("WS message", {}).get("requests", 0)
-                run["cpu_ms_per_message"] = cpu.per_message(before, cpu.snapshot(stack), sent)
-                runs[config.name].append(run)
+            for bench_scenario in scenarios:
+                for config in order:
+                    print(
+                        f"[round {round_number + 1}/{args.rounds}, {bench_scenario.name}] "
+                        f"{config.name}: {config.description}",
+                        flush=True,
+                    )
+                    stack = start(stacks, config, stack, bench_scenario)
+                    target = Target(config.name, stack.app_url, config.description)
+                    before = cpu.snapshot(stack)
+                    run_dir = out / bench_scenario.name / f"{config.name}-{round_number + 1}"
+                    run = run_target(target, scenario, run_dir, stack.monitor_env())
+                    sent = run["requests_by_name"].get("WS message", {}).get("requests", 0)
+                    run["cpu_ms_per_message"] = cpu.per_message(before, cpu.snapshot(stack), sent)
+                    runs[bench_scenario.name, config.name].append(run)
         leaks: dict[str, dict] = {}
         leak = leak_scenario()
-        for config in (c for c in configs if not c.extra_env and c.tls):
+        # The chat run with HTTP belongs to the WebSocket-only rows (their verdict covers both).
+        with_http = [c for c in configs if not c.extra_env and c.tls] if WEBSOCKET_ONLY in scenarios else []
+        for config in with_http:
             print(f"[with HTTP] {config.name}: {leak.describe()}", flush=True)
             stack = start(stacks, config, stack)
             target = Target(config.name, stack.app_url, config.description)
             leaks[config.name] = run_target(
                 target, leak, out / f"{config.name}-with-http", stack.monitor_env()
             )
-        rows = [combine(c, runs[c.name], leaks.get(c.name)) for c in configs]
+        rows = [
+            combine(c, runs[s.name, c.name], leaks.get(c.name) if s is WEBSOCKET_ONLY else None, s)
+            for s in scenarios
+            for c in configs
+        ]
         print("new connections, with TLS and without:", flush=True)
         connections = {"samples": 50}
         for tls in (False, True):
@@ -245,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         f"`make bench` on {machine}, {stack.config.app_workers} Daphne processes for every configuration, "
         f"{datetime.now(UTC):%Y-%m-%d}. Throughput: {scenario.describe()}; {args.rounds} runs each "
         "(mean msg/s; worst p99, peak and failures). With HTTP: "
-        f"{leak_scenario().describe()}; verdict over both."
+        f"{leak_scenario().describe()}; verdict over both. Scenarios: "
+        + "; ".join(f"{s.name}, {s.summary}" for s in scenarios)
+        + "."
     )
     table = markdown(rows, ceiling_row, capacity, header, connections)
     result = [*rows, ceiling_row, {"config": "new connections (ms)", **connections}] + (

@@ -26,6 +26,28 @@ class BenchConfig:
         return self.note or self.profile.summary
 
 
+@dataclass(frozen=True)
+class BenchScenario:
+    """How much database work each message of the saturating WebSocket load does: the app's
+    settings for it, on top of each configuration's."""
+
+    name: str
+    app_env: dict[str, str]
+    summary: str
+
+
+WEBSOCKET_ONLY = BenchScenario("websocket-only", {}, "each message one INSERT (the app as shipped)")
+# What a real handler does before it stores a message (README, "Performance"): where the
+# database, and how many calls run at once per process, starts to matter.
+REALISTIC_DATABASE = BenchScenario(
+    "realistic-database",
+    {"CHAT_MESSAGE_CHECKS": "true"},
+    "each message a read (its client_id stored already?) and a permission lookup (the author "
+    "banned from the room?) before the INSERT, in one transaction (CHAT_MESSAGE_CHECKS)",
+)
+BENCH_SCENARIOS = {scenario.name: scenario for scenario in (WEBSOCKET_ONLY, REALISTIC_DATABASE)}
+
+
 CONFIGS = [
     BenchConfig(profile.name, profile)
     for profile in (
@@ -61,11 +83,21 @@ CONFIGS = [
         {"DATABASE_CONN_HEALTH_CHECKS": "false"},
         "shipped, but no health check (a round trip) when the pool hands out a connection",
     ),
+    BenchConfig(
+        "pooled-djangopool+db-threads",
+        SHIPPED,
+        {"CHAT_DATABASE_THREADS": "4"},
+        "shipped, but the consumer's database calls on 4 threads per process (as many as the pool's "
+        "connections) instead of Channels' one",
+    ),
 ]
 
 
-def combine(config: BenchConfig, runs: list[dict], with_http: dict | None) -> dict:
-    """One row from several rounds: mean messages/s; the worst latency, peak and failures.
+def combine(
+    config: BenchConfig, runs: list[dict], with_http: dict | None, scenario: BenchScenario = WEBSOCKET_ONLY
+) -> dict:
+    """One row from several rounds of one scenario: mean messages/s; the worst latency, peak
+    and failures.
 
     The peak and verdict also count the chat run with HTTP (``with_http``) when there is one.
     """
@@ -93,8 +125,14 @@ def combine(config: BenchConfig, runs: list[dict], with_http: dict | None) -> di
         "server_connections_peak_websocket_only": websocket_peak,
         "with_http": _leak_figures(with_http) if with_http else None,
         "scenario": runs[0]["scenario"],
+        "bench_scenario": scenario.name,
         "extra_env": config.extra_env,
     }
+
+
+def scenario_rows(rows: list[dict], scenario: BenchScenario) -> list[dict]:
+    """The rows of one scenario (a bench.json from before there were two has only WebSocket-only rows)."""
+    return [row for row in rows if row.get("bench_scenario", WEBSOCKET_ONLY.name) == scenario.name]
 
 
 def _mean_by_kind(runs: list[dict | None]) -> dict | None:
@@ -131,34 +169,19 @@ def markdown(
     header: str,
     connections: dict | None = None,
 ) -> str:
-    naive = next((row for row in rows if row["config"] == "naive"), None)
-    lines = [
-        header,
-        "",
-        "| config | msg/s | vs naive | p50 / p95 / p99 ms | failures "
-        "| server conns peak: WS only / with HTTP | PgBouncer clients peak with HTTP "
-        f"| HTTP failures | verdict (bound {rows[0]['server_connection_bound'] if rows else '-'}) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        latency = row["latency_ms"] or {}
-        ratio = (
-            f"{row['messages_per_s'] / naive['messages_per_s']:.2f}x"
-            if naive and naive["messages_per_s"]
-            else "-"
-        )
-        shipped = " (shipped)" if row["config"] == SHIPPED.name else ""
-        http = row["with_http"] or {}
-        lines.append(
-            f"| {row['config']}{shipped} "
-            f"| {row['messages_per_s']:,.0f} | {ratio} | {latency.get('p50')} / {latency.get('p95')} / "
-            f"{latency.get('p99')} | {row['failures']} "
-            f"| {row['server_connections_peak_websocket_only']} / {http.get('server_connections_peak', '-')} "
-            f"| {http.get('pgbouncer_clients_peak', '-')} | {_count_of(http)} | {row['verdict']} |"
-        )
-    lines += cpu_table(rows)
+    """The WebSocket-only scenario's table (with the HTTP runs) and, when it was run, the
+    realistic-database scenario's; each with its CPU per message. Then the rest."""
+    websocket_only = scenario_rows(rows, WEBSOCKET_ONLY)
+    realistic = scenario_rows(rows, REALISTIC_DATABASE)
+    lines = [header]
+    if websocket_only:
+        lines += websocket_only_table(websocket_only)
+        lines += cpu_table(websocket_only)
+    if realistic:
+        lines += realistic_database_table(realistic, websocket_only)
+        lines += cpu_table(realistic, f"In the {REALISTIC_DATABASE.name} scenario, ")
     if connections:
-        lines += ["", connection_cost(connections, rows)]
+        lines += ["", connection_cost(connections, websocket_only)]
     if ceiling_row:
         tps = ", ".join(f"{c} client(s) {r['tps']:,.0f}" for c, r in ceiling_row["tps_by_clients"].items())
         lines += ["", f"Ceiling, pgbench through the same PgBouncer (transactions/s): {tps}."]
@@ -177,7 +200,69 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def cpu_table(rows: list[dict]) -> list[str]:
+def websocket_only_table(rows: list[dict]) -> list[str]:
+    naive = _named(rows, "naive")
+    lines = [
+        "",
+        "| config | msg/s | vs naive | p50 / p95 / p99 ms | failures "
+        "| server conns peak: WS only / with HTTP | PgBouncer clients peak with HTTP "
+        f"| HTTP failures | verdict (bound {rows[0]['server_connection_bound']}) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        http = row["with_http"] or {}
+        lines.append(
+            f"| {_config_cell(row)} | {row['messages_per_s']:,.0f} | {_ratio(row, naive)} | {_latency(row)} "
+            f"| {row['failures']} "
+            f"| {row['server_connections_peak_websocket_only']} / {http.get('server_connections_peak', '-')} "
+            f"| {http.get('pgbouncer_clients_peak', '-')} | {_count_of(http)} | {row['verdict']} |"
+        )
+    return lines
+
+
+def realistic_database_table(rows: list[dict], websocket_only: list[dict]) -> list[str]:
+    """The same load with more database work per message: against naive under the same work,
+    and against the configuration's own WebSocket-only figure (what the work costs it)."""
+    naive = _named(rows, "naive")
+    lines = [
+        "",
+        f"Realistic-database scenario, the same load with {REALISTIC_DATABASE.summary}:",
+        "",
+        "| config | msg/s | vs naive | vs its WebSocket-only | p50 / p95 / p99 ms | failures "
+        "| server conns peak | PgBouncer clients peak "
+        f"| verdict (bound {rows[0]['server_connection_bound']}) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        alone = _named(websocket_only, row["config"])
+        lines.append(
+            f"| {_config_cell(row)} | {row['messages_per_s']:,.0f} | {_ratio(row, naive)} "
+            f"| {_ratio(row, alone)} | {_latency(row)} | {row['failures']} "
+            f"| {row['server_connections_peak']} | {row['pgbouncer_clients_peak']} | {row['verdict']} |"
+        )
+    return lines
+
+
+def _named(rows: list[dict], config: str) -> dict | None:
+    return next((row for row in rows if row["config"] == config), None)
+
+
+def _config_cell(row: dict) -> str:
+    return row["config"] + (" (shipped)" if row["config"] == SHIPPED.name else "")
+
+
+def _ratio(row: dict, reference: dict | None) -> str:
+    if not reference or not reference["messages_per_s"]:
+        return "-"
+    return f"{row['messages_per_s'] / reference['messages_per_s']:.2f}x"
+
+
+def _latency(row: dict) -> str:
+    latency = row["latency_ms"] or {}
+    return f"{latency.get('p50')} / {latency.get('p95')} / {latency.get('p99')}"
+
+
+def cpu_table(rows: list[dict], title: str = "") -> list[str]:
     """Where the cores went: CPU milliseconds per message by kind of process, over whole runs
     (ramp, connects and idle tail included), for the configurations that were measured."""
     measured = [row for row in rows if row.get("cpu_ms_per_message")]
@@ -186,7 +271,7 @@ def cpu_table(rows: list[dict]) -> list[str]:
     kinds = list(measured[0]["cpu_ms_per_message"])
     lines = [
         "",
-        "CPU per message, milliseconds, by kind of process (the kernel's accounting over each "
+        f"{title}CPU per message, milliseconds, by kind of process (the kernel's accounting over each "
         "throughput run, connects included; mean of the runs):",
         "",
         f"| config | {' | '.join(kinds)} | all |",
@@ -229,46 +314,75 @@ def configuration_rows(result: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Two panels that share the configurations: messages per second (each round a dot,
-    the mean a bar), and the PostgreSQL server connections each configuration peaked
-    at against PgBouncer's bound."""
+    """Two panels that share the configurations: messages per second in each scenario
+    (each round a dot, the mean a bar), and the PostgreSQL server connections each
+    configuration peaked at against PgBouncer's bound."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    names = [row["config"] for row in rows]
-    positions = range(len(rows))
+    names = list(dict.fromkeys(row["config"] for row in rows))
+    measured = {
+        scenario.name: {row["config"]: row for row in scenario_rows(rows, scenario)}
+        for scenario in BENCH_SCENARIOS.values()
+    }
+    scenarios = [name for name, by_config in measured.items() if by_config]
+    positions = range(len(names))
     colors = ["tab:green" if name == SHIPPED.name else "tab:grey" for name in names]
     figure, (speed, connections) = plt.subplots(
-        1, 2, figsize=(12, 0.55 * len(rows) + 2), sharey=True, gridspec_kw={"width_ratios": (3, 2)}
+        1,
+        2,
+        figsize=(12, 0.55 * len(names) * len(scenarios) + 2),
+        sharey=True,
+        gridspec_kw={"width_ratios": (3, 2)},
     )
 
-    speed.barh(positions, [row["messages_per_s"] for row in rows], color=colors, alpha=0.7)
-    for position, row in zip(positions, rows, strict=True):
-        runs = row["messages_per_s_runs"]
-        speed.plot(runs, [position] * len(runs), "o", color="black", markersize=3)
-    speed.set_xlabel("messages/s, WebSocket only (bar: mean; dots: each round)")
+    for offset, scenario in _offsets(scenarios):
+        height, by_config = 0.8 / len(scenarios), measured[scenario]
+        hatch = "//" if scenario != WEBSOCKET_ONLY.name else None
+        speed.barh(
+            [p + offset for p in positions],
+            [by_config[name]["messages_per_s"] if name in by_config else 0 for name in names],
+            height=height,
+            color=colors,
+            alpha=0.7,
+            hatch=hatch,
+            label=scenario,
+        )
+        for position, name in zip(positions, names, strict=True):
+            runs = by_config[name]["messages_per_s_runs"] if name in by_config else []
+            speed.plot(runs, [position + offset] * len(runs), "o", color="black", markersize=3)
+    speed.set_xlabel(f"messages/s, {' and '.join(scenarios)} (bar: mean; dots: each round)")
     speed.set_yticks(list(positions), [f"{n} (shipped)" if n == SHIPPED.name else n for n in names])
     speed.invert_yaxis()
     speed.grid(axis="x", alpha=0.3)
+    if len(scenarios) > 1:
+        speed.legend(loc="lower right", fontsize=8)
 
+    peaks = {}  # label -> (color, the peak of each configuration, None where not run)
+    websocket_only = measured[WEBSOCKET_ONLY.name]
+    if websocket_only:
+        peaks["WebSocket only"] = (
+            "tab:blue",
+            [_get(websocket_only, name, "server_connections_peak_websocket_only") for name in names],
+        )
+        with_http = [(websocket_only.get(name, {}).get("with_http") or {}) for name in names]
+        peaks["chat with HTTP"] = ("tab:red", [http.get("server_connections_peak") for http in with_http])
+    if realistic := measured[REALISTIC_DATABASE.name]:
+        peaks[REALISTIC_DATABASE.name] = (
+            "tab:purple",
+            [_get(realistic, name, "server_connections_peak") for name in names],
+        )
+    for offset, label in _offsets(list(peaks)):
+        color, values = peaks[label]
+        bars = [p + offset for p in positions]
+        height = 0.8 / len(peaks)
+        connections.barh(bars, [value or 0 for value in values], height=height, color=color, label=label)
+        for bar, value in zip(bars, values, strict=True):
+            if value is None:
+                connections.text(0.5, bar, "not run", va="center", fontsize=7, color="grey")
     bound = rows[0]["server_connection_bound"]
-    websocket_only = [row["server_connections_peak_websocket_only"] for row in rows]
-    with_http = [(row["with_http"] or {}).get("server_connections_peak") for row in rows]
-    connections.barh(
-        [p - 0.2 for p in positions], websocket_only, height=0.4, color="tab:blue", label="WebSocket only"
-    )
-    connections.barh(
-        [p + 0.2 for p in positions],
-        [peak or 0 for peak in with_http],
-        height=0.4,
-        color="tab:red",
-        label="chat with HTTP",
-    )
-    for position, peak in zip(positions, with_http, strict=True):
-        if peak is None:
-            connections.text(0.5, position + 0.2, "not run", va="center", fontsize=7, color="grey")
     connections.axvline(bound, color="black", ls="-.", lw=1, label=f"PgBouncer's bound ({bound})")
     connections.set_xlabel("PostgreSQL server connections, peak (app role)")
     connections.legend(loc="lower right", fontsize=8)
@@ -278,3 +392,13 @@ def plot(rows: list[dict], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _offsets(series: list[str]) -> list[tuple[float, str]]:
+    """Each series' offset from its configuration's row, so that their bars sit side by side."""
+    height = 0.8 / len(series)
+    return [(height * (index - (len(series) - 1) / 2), name) for index, name in enumerate(series)]
+
+
+def _get(by_config: dict[str, dict], name: str, key: str):
+    return by_config[name][key] if name in by_config else None

@@ -9,7 +9,8 @@ import time
 import psycopg
 import pytest
 
-from loadtest import faults
+from loadtest import chaos, faults
+from native.profiles import SHIPPED
 from probes.chat import ChatHttp, ChatSocket
 
 # What a client may see while a fault lasts, and the close codes its sockets may end
@@ -33,6 +34,29 @@ GRACEFUL = {"daphne-rolling-restart", "app-graceful-restart"}
 @pytest.mark.parametrize("fault", list(faults.FAULTS))
 def test_under_load_every_message_written_is_stored_exactly_once(stack, fault):
     summary = faults.run(stack, [fault], clients=10, settle_s=2.0)
+    assert_survived(summary, fault)
+
+
+# Connections broken under the threads, and threads queueing for PgBouncer's last ones.
+@pytest.mark.parametrize("fault", ["pgbouncer-restart", "pool-saturated"])
+def test_chaos_with_the_database_threads_on_loses_nothing_and_restores_the_app(stack, fault):
+    assert stack.running_app() == (SHIPPED, {})
+    with chaos.app_with(stack, {"CHAT_DATABASE_THREADS": "4"}) as settings:
+        assert settings == {"CHAT_DATABASE_THREADS": "4"}
+        assert stack.running_app() == (SHIPPED, settings)
+        summary = faults.run(stack, [fault], clients=10, settle_s=2.0)
+    assert stack.running_app() == (SHIPPED, {})
+    assert_survived(summary, fault)
+
+
+def test_chaos_refuses_an_app_setting_that_is_not_name_equals_value(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        chaos.main(["--app-setting", "CHAT_DATABASE_THREADS"])
+    assert exit_.value.code == 2
+    assert "'CHAT_DATABASE_THREADS' is not NAME=VALUE" in capsys.readouterr().err
+
+
+def assert_survived(summary: dict, fault: str) -> None:
     assert faults.problems(summary) == []
     assert summary["sent"] > 0
     assert summary["stored_exactly_once"] == summary["sent"]

@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from loadtest import cpu
-from loadtest.bench_table import BenchConfig, combine, markdown
+from loadtest import bench, cpu
+from loadtest.bench_table import REALISTIC_DATABASE, WEBSOCKET_ONLY, BenchConfig, combine, markdown
 from loadtest.monitor import POOL_FIELDS, ConnectionMonitor, MonitorDsns, SampleLog, read_samples
 from loadtest.runner import Target, refuse_leftover_connections, run_target
 from loadtest.scenario import PROJECT, Scenario, locust_options
@@ -209,6 +209,43 @@ def test_locust_saturating_users_send_without_pause(stack, tmp_path):
     assert f"| {SHIPPED.name} | {daphne_ms:.2f} |" in table
     bench_json = tmp_path / "bench.json"
     bench_json.write_text(json.dumps([row]))
+    assert command("loadtest.bench_plot", bench_json).returncode == 0
+    assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_realistic_database_scenario_runs_the_same_load_with_the_checks_on(stack, tmp_path):
+    """`make bench`'s second scenario: the app restarted by the bench with its settings on top
+    of the configuration's; the saturating users meet no failure; the table gets a second part."""
+    scenario = small(mode="saturate", users=5, spawn_rate=5, hold_s=3, max_rate=10)
+    ChatHttp(stack.app_url).ensure_room(f"{scenario.room_prefix}-0-0")
+    config = BenchConfig("pooled-djangopool+db-threads", SHIPPED, {"CHAT_DATABASE_THREADS": "4"})
+    summaries = {}
+    try:
+        for bench_scenario in (WEBSOCKET_ONLY, REALISTIC_DATABASE):
+            assert bench.start({True: stack}, config, stack, bench_scenario) is stack
+            assert stack.running_app() == (SHIPPED, {**config.extra_env, **bench_scenario.app_env})
+            target = Target(config.name, stack.app_url)
+            before = cpu.snapshot(stack)
+            summary = run_target(target, scenario, tmp_path / bench_scenario.name, stack.monitor_env())
+            sent = summary["requests_by_name"]["WS message"]["requests"]
+            summary["cpu_ms_per_message"] = cpu.per_message(before, cpu.snapshot(stack), sent)
+            summaries[bench_scenario.name] = summary
+    finally:
+        stack.restart_app(SHIPPED)
+    for summary in summaries.values():
+        assert summary["failures"] == 0, summary["errors"]
+        assert summary["requests_by_name"]["WS message"]["requests"] > summary["users"]
+
+    rows = [combine(config, [summaries[s.name]], None, s) for s in (WEBSOCKET_ONLY, REALISTIC_DATABASE)]
+    assert [row["bench_scenario"] for row in rows] == ["websocket-only", "realistic-database"]
+    table = markdown(rows, None, None, "header")
+    realistic = rows[1]
+    ratio = realistic["messages_per_s"] / rows[0]["messages_per_s"]
+    assert "Realistic-database scenario, the same load with each message a read" in table
+    assert f"| {config.name} | {realistic['messages_per_s']:,.0f} | - | {ratio:.2f}x |" in table
+    assert "In the realistic-database scenario, CPU per message" in table
+    bench_json = tmp_path / "bench.json"
+    bench_json.write_text(json.dumps(rows))
     assert command("loadtest.bench_plot", bench_json).returncode == 0
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
 

@@ -6,15 +6,21 @@ so the kernel cannot hand the connection to any of them, and each process's open
 sockets are known exactly.
 """
 
-import contextlib
-import signal
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 import websocket
-from prometheus_client.parser import text_string_to_metric_families
+from app_processes import (
+    SHOWS_WITHIN_S,
+    per_process,
+    scrape,
+    scrape_until,
+    served_by,
+    total,
+    wait_for_metrics,
+)
 from prometheus_client.samples import Sample
 
 from chat.pool_metrics import SAMPLE_INTERVAL_S
@@ -33,23 +39,6 @@ POOL_COUNTERS = (
     "chat_db_pool_timeouts_total",
     "chat_db_pool_connections_lost_total",
 )
-# Longer than anything here takes to show (the pool is sampled every second).
-SHOWS_WITHIN_S = 10.0
-
-
-def scrape(stack) -> list[Sample]:
-    with urllib.request.urlopen(stack.metrics_url, timeout=5) as response:
-        text = response.read().decode()
-    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
-
-
-def scrape_until(stack, done, timeout: float = SHOWS_WITHIN_S) -> list[Sample]:
-    """The first scrape for which done(samples) holds, or the last one at the deadline
-    (the caller's assertions then say what is wrong)."""
-    deadline = time.monotonic() + timeout
-    while not done(samples := scrape(stack)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return samples
 
 
 def settled(stack, counter: str) -> list[Sample]:
@@ -65,47 +54,12 @@ def settled(stack, counter: str) -> list[Sample]:
     raise AssertionError(f"{counter} still moving after {SHOWS_WITHIN_S:g}s")
 
 
-def total(samples: list[Sample], name: str, **labels: str) -> float:
-    """The sum of the samples of this name that carry these labels."""
-    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
-
-
-def per_process(samples: list[Sample], name: str) -> dict[int, float]:
-    return {int(s.labels["pid"]): s.value for s in samples if s.name == name}
-
-
-def wait_for_metrics(stack) -> None:
-    """The metrics program starts beside Daphne; the stack waits for Daphne only."""
-    deadline = time.monotonic() + SHOWS_WITHIN_S
-    while True:
-        try:
-            scrape(stack)
-            return
-        except urllib.error.URLError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 @pytest.fixture
 def fresh_app(stack):
     """The app restarted: new Daphne processes, and every count from zero."""
     stack.restart_app(SHIPPED)
     wait_for_metrics(stack)
     return stack.daphne_pids()
-
-
-@contextlib.contextmanager
-def served_by(stack, pid: int):
-    """New connections go to this Daphne process: the others are stopped meanwhile."""
-    others = [other for other in stack.daphne_pids() if other != pid]
-    for other in others:
-        stack.kill_worker(other, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for other in others:
-            stack.kill_worker(other, signal.SIGCONT)
 
 
 def test_sockets_messages_errors_and_refusals_are_counted_exactly(fresh_app, stack, room):

@@ -65,6 +65,17 @@ def test_migrations_match_the_models(stack):
             {"CHAT_SHOW_POOL": "true", "CHAT_SHOW_POOL_PGBOUNCER_INI": str(PGBOUNCER / "pgbouncer_hba.conf")},
             "pgbouncer_hba.conf is not an ini file: File contains no section headers.",
         ),
+        (
+            {"CHAT_DATABASE_THREADS": "5", "DATABASE_POOL_MAX_SIZE": "4"},
+            "CHAT_DATABASE_THREADS=5 is more than the 4 connections of Django's pool per process: "
+            "set CHAT_DATABASE_THREADS to at most 4, or DATABASE_POOL_MAX_SIZE to at least 5",
+        ),
+        (
+            {"CHAT_DATABASE_THREADS": "2", "DATABASE_POOL_MAX_SIZE": "0"},
+            "CHAT_DATABASE_THREADS=2 needs Django's connection pool, which DATABASE_POOL_MAX_SIZE=0 "
+            "turns off: set DATABASE_POOL_MAX_SIZE to at least 2, or CHAT_DATABASE_THREADS=0",
+        ),
+        ({"CHAT_DATABASE_THREADS": "-1"}, "CHAT_DATABASE_THREADS=-1 is negative: set it to 0"),
     ],
 )
 def test_unsafe_configuration_is_refused_with_the_fix_named(stack, overrides, message):
@@ -78,4 +89,10 @@ def test_secrets_are_read_from_files(stack, tmp_path):
     key_file = tmp_path / "secret_key"
     key_file.write_text("k" * 30 + "0123456789abcdefghijklmnopqrstuvwxyz\n")
     result = manage(stack, "check", DJANGO_SECRET_KEY_FILE=str(key_file))
+    assert result.returncode == 0, result.stderr
+
+
+def test_as_many_database_threads_as_the_pool_has_connections_are_accepted(stack):
+    """The bound is inclusive: each thread can hold one of the pool's connections."""
+    result = manage(stack, "check", CHAT_DATABASE_THREADS="4", DATABASE_POOL_MAX_SIZE="4")
     assert result.returncode == 0, result.stderr

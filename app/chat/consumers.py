@@ -1,8 +1,9 @@
 """The room WebSocket: connect to a room, post messages, read history.
 
-Database work goes through ``database_sync_to_async``, which closes the
-connection (CONN_MAX_AGE=0: returns it to the pool) after every call, so a
-socket that stays open for hours holds no database connection in between.
+Database work goes through ``database_call`` (chat/database.py: Channels'
+``database_sync_to_async``, on its one thread or on CHAT_DATABASE_THREADS), which
+closes the connection (CONN_MAX_AGE=0: returns it to the pool) after every call,
+so a socket that stays open for hours holds no database connection in between.
 """
 
 import asyncio
@@ -10,20 +11,20 @@ import json
 import logging
 import time
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
 from chat import store
+from chat.database import database_call
 from chat.metrics import ERRORS, HANDSHAKES_REFUSED, MESSAGES_ACKNOWLEDGED, WEBSOCKETS_OPEN
 from chat.protocol import CloseCode, HistoryRequest, ProtocolError, parse_author, parse_frame, peek_client_id
 
 logger = logging.getLogger(__name__)
 
-find_room = database_sync_to_async(store.find_room)
-add_message = database_sync_to_async(store.add_message)
-latest_messages = database_sync_to_async(store.latest_messages)
+find_room = database_call(store.find_room)
+add_message = database_call(store.add_message_checked if settings.CHAT_MESSAGE_CHECKS else store.add_message)
+latest_messages = database_call(store.latest_messages)
 
 UNAVAILABLE = "the database is unavailable; try again later"
 # The INSERT may have committed before the connection broke (PgBouncer or PostgreSQL
@@ -32,6 +33,7 @@ UNAVAILABLE = "the database is unavailable; try again later"
 UNAVAILABLE_MESSAGE = (
     "the database is unavailable; the message may not have been stored: send it again with the same client_id"
 )
+FORBIDDEN = "you may not post in this room; the message was not stored"
 
 # An error names the client_id of a refused frame of up to this many times CHAT_MAX_FRAME_BYTES.
 PEEK_FRAME_FACTOR = 8
@@ -171,6 +173,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def post(self, text: str, client_id: str):
         try:
             message, duplicate = await add_message(self.room.id, self.author, text, client_id)
+        except store.PostingForbidden:
+            raise ProtocolError("forbidden", FORBIDDEN, client_id) from None
         except DatabaseError:
             logger.warning("message insert failed in room %s", self.room.slug, exc_info=True)
             raise ProtocolError("unavailable", UNAVAILABLE_MESSAGE, client_id) from None

@@ -36,3 +36,17 @@ class Message(models.Model):
             "author": self.author,
             "created_at": self.created_at.isoformat(),
         }
+
+
+class Ban(models.Model):
+    """An author who may not post in a room. Read before every message is stored when
+    CHAT_MESSAGE_CHECKS is on (chat/store.py); rows are written by the room's moderators
+    (today: in SQL, there is no API for them)."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="bans")
+    author = models.CharField(max_length=40)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        # Also the index the per-message lookup (room, author) uses.
+        constraints = [models.UniqueConstraint(fields=["room", "author"], name="ban_room_author_once")]

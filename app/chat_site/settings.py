@@ -103,14 +103,15 @@ def _choice(name: str, choices: dict[str, str], default: str) -> str:
 # How many processes serve this project on this host (the checks compare the pools and the
 # channel layer with it); several hosts make more, which the checks then undercount.
 ASGI_PROCESSES = env.int("APP_WORKERS", default=1)
+# Django's pool in front of PgBouncer, per process; 0 turns it off.
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=4)
 
 DATABASES = {
     # The app's runtime path to PostgreSQL: through PgBouncer. TLS comes with the URL:
     # ?sslmode=verify-full&sslrootcert=<the CA> checks PgBouncer's certificate and name.
     "default": pooled_database(
         _database("DATABASE_URL", "DATABASE_PASSWORD"),
-        # Django's pool in front of PgBouncer, per process; 0 turns it off.
-        pool_max_size=env.int("DATABASE_POOL_MAX_SIZE", default=4),
+        pool_max_size=DATABASE_POOL_MAX_SIZE,
         pool_min_size=env.int("DATABASE_POOL_MIN_SIZE", default=1),
         pool_timeout=env.float("DATABASE_POOL_TIMEOUT", default=5.0),
         # socket: no round trip unless the socket shows trouble, then the whole pool is
@@ -133,6 +134,41 @@ if env.str("DIRECT_DATABASE_URL", default=""):
         **_database("DIRECT_DATABASE_URL", "DIRECT_DATABASE_PASSWORD"),
         "CONN_MAX_AGE": 0,
     }
+
+# --- The WebSocket consumer's database work -----------------------------------------
+# 0 (the default): Channels' database_sync_to_async, thread-sensitive: every database call
+# of the process, whichever socket it serves, runs on one thread, one after the other.
+# N > 0: N threads of the consumer's own per process (chat/database.py), so calls for
+# different sockets run at once; a socket's own calls still run one at a time, in order.
+# Each thread takes its connection from Django's pool, and that pool is the bound: more
+# threads than its DATABASE_POOL_MAX_SIZE connections would only queue in the pool (and
+# time out there after DATABASE_POOL_TIMEOUT), so they are refused. Without the pool
+# (0) they are refused too: every call would then log in to PgBouncer anew (TLS and
+# SCRAM, per message) or, with CONN_MAX_AGE > 0, each thread would keep a connection of
+# its own for the life of the process, outside any bound the pool's checks can see.
+# HTTP views share the pool: at N = DATABASE_POOL_MAX_SIZE a burst of socket traffic
+# can hold every connection, and a view waits (at most DATABASE_POOL_TIMEOUT) for one.
+CHAT_DATABASE_THREADS = env.int("CHAT_DATABASE_THREADS", default=0)
+if CHAT_DATABASE_THREADS < 0:
+    raise ImproperlyConfigured(
+        f"CHAT_DATABASE_THREADS={CHAT_DATABASE_THREADS} is negative: set it to 0 (one shared "
+        "database thread per process) or to at most DATABASE_POOL_MAX_SIZE"
+    )
+if CHAT_DATABASE_THREADS and not DATABASE_POOL_MAX_SIZE:
+    raise ImproperlyConfigured(
+        f"CHAT_DATABASE_THREADS={CHAT_DATABASE_THREADS} needs Django's connection pool, which "
+        "DATABASE_POOL_MAX_SIZE=0 turns off: set DATABASE_POOL_MAX_SIZE to at least "
+        f"{CHAT_DATABASE_THREADS}, or CHAT_DATABASE_THREADS=0"
+    )
+if CHAT_DATABASE_THREADS > DATABASE_POOL_MAX_SIZE:
+    raise ImproperlyConfigured(
+        f"CHAT_DATABASE_THREADS={CHAT_DATABASE_THREADS} is more than the {DATABASE_POOL_MAX_SIZE} "
+        f"connections of Django's pool per process: set CHAT_DATABASE_THREADS to at most "
+        f"{DATABASE_POOL_MAX_SIZE}, or DATABASE_POOL_MAX_SIZE to at least {CHAT_DATABASE_THREADS}"
+    )
+# What a real handler does before it stores a message, off by default: `make bench`'s
+# realistic-database scenario turns it on (chat/store.py, add_message_checked).
+CHAT_MESSAGE_CHECKS = env.bool("CHAT_MESSAGE_CHECKS", default=False)
 
 # --- Channels ------------------------------------------------------------------
 # One Daphne process can use the in-memory layer; several processes need a shared
