@@ -6,9 +6,12 @@ so the kernel cannot hand the connection to any of them, and each process's open
 sockets are known exactly.
 """
 
+import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import websocket
@@ -176,3 +179,41 @@ def test_without_a_pool_there_are_no_pool_metrics(app_without_pool, stack, room)
     samples = scrape_until(stack, lambda s: total(s, "chat_messages_acknowledged_total") == 1)
     assert total(samples, "chat_messages_acknowledged_total") == 1
     assert [s.name for s in samples if s.name.startswith("chat_db_pool")] == []
+
+
+# Members leave a room whose broadcasts outrun them, so their consumers have broadcasts
+# queued when the close comes: some are dispatched to a socket already closing. Before
+# send_frame let that pass, the consumer died on it without disconnect(): its socket
+# stayed counted open (and in its group), and this test failed.
+MEMBERS, POSTERS, ROUNDS = 40, 6, 3
+
+
+def test_a_member_leaving_during_a_broadcast_is_counted_out(fresh_app, stack, room):
+    marks = stack.log_marks()
+    for _ in range(ROUNDS):
+        members = [ChatSocket(stack.app_url, room, f"member{n}") for n in range(MEMBERS)]
+        posters = [ChatSocket(stack.app_url, room, f"poster{n}") for n in range(POSTERS)]
+        stop = threading.Event()
+
+        def flood(poster: ChatSocket, stop: threading.Event) -> int:
+            # Without waiting for acks: as fast as the socket's rate limit lets through.
+            sent = 0
+            while not stop.is_set() and sent < 200:
+                poster.send({"type": "message", "text": f"busy {sent}", "client_id": uuid.uuid4().hex})
+                sent += 1
+                time.sleep(1 / 20)
+            return sent
+
+        with ThreadPoolExecutor(max_workers=POSTERS + MEMBERS) as pool:
+            floods = [pool.submit(flood, poster, stop) for poster in posters]
+            time.sleep(1)  # the members' consumers behind with broadcasts
+            closes = [pool.submit(member.close) for member in members]
+            for close in closes:
+                close.result(timeout=30)
+            stop.set()
+            assert all(flood.result(timeout=30) > 0 for flood in floods)
+        for poster in posters:
+            poster.close()
+        samples = scrape_until(stack, lambda s: total(s, "chat_websockets_open") == 0)
+        assert total(samples, "chat_websockets_open") == 0, per_process(samples, "chat_websockets_open")
+    assert "Exception inside application" not in stack.logs_since(marks, lines=100000)

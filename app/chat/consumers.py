@@ -11,6 +11,7 @@ import json
 import logging
 import time
 
+from autobahn.exception import Disconnected
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -215,4 +216,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.send_frame(error.frame())
 
     async def send_frame(self, frame: dict):
-        await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+        """Send a frame; to a client that has just gone, nothing. Its websocket.disconnect is
+        already queued behind this, and disconnect() must still run (the open-socket count,
+        the group): an exception here would end the consumer without it. A broadcast meets
+        a closing socket whenever a member leaves while its room is busy. Daphne raises
+        autobahn's Disconnected; the ASGI spec asks other servers for an OSError."""
+        try:
+            await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+        except (Disconnected, OSError):
+            logger.debug("frame not sent: the client of %s is gone", self.channel_name)
