@@ -110,7 +110,13 @@ class RoomSocket:
         self._pending[client_id] = answer
         try:
             self.ws.send(json.dumps({"type": "message", "text": text, "client_id": client_id}))
-            return answer.get(timeout=timeout)
+            ack = answer.get(timeout=timeout)
+            # Counted here, where the caller gets it, not where the reader greenlet took it:
+            # a user stopped while it waited (Locust's stop-timeout 0) reports no request,
+            # and must count no ack either, or acks and messages would differ by the users
+            # stopped at that moment. Nothing yields between here and the caller's report.
+            COUNTERS["acks_matched"] += 1
+            return ack
         except gevent.Timeout:
             COUNTERS["ack_timeouts"] += 1
             self._given_up.add(client_id)
@@ -151,7 +157,6 @@ class RoomSocket:
             elif pending is None:
                 COUNTERS["acks_unmatched"] += 1  # an ack for nothing we sent, or sent twice
             else:
-                COUNTERS["acks_matched"] += 1
                 pending.set(frame)
         elif kind == "error":
             COUNTERS["error_frames"] += 1
