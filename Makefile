@@ -64,6 +64,11 @@ bench: deps venv ## not a test: every configuration side by side in two scenario
 # e.g. make chaos CHAOS_ARGS="--app-setting CHAT_DATABASE_THREADS=4" (python -m loadtest.chaos --help)
 CHAOS_ARGS ?=
 
+.PHONY: profile
+profile: deps venv ## not a test: where Daphne's CPU goes per message, py-spy on every Daphne process (~1 min)
+	@$(PY) -m native up
+	@$(PY) -m loadtest.profile
+
 .PHONY: chaos
 chaos: deps venv ## inject faults under load (PgBouncer/PostgreSQL restarts, saturated pool, killed Daphne); lost must be 0
 	@$(PY) -m native up

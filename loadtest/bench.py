@@ -47,28 +47,11 @@ from loadtest.bench_table import (
 )
 from loadtest.runner import Target, run_target, wait_healthy
 from loadtest.scenario import PROJECT, Scenario, raise_open_file_limit
+from loadtest.workloads import prepare_rooms, throughput_scenario
 from native.layout import Config, StackError
 from native.profiles import SHIPPED
 from native.stack import Stack
-from probes.chat import ChatHttp
 from probes.connections import app_pool, connection_bound, pool_server_connections
-
-
-def throughput_scenario(args) -> Scenario:
-    return Scenario(
-        users=args.users,
-        hold_s=args.hold,
-        spawn_rate=max(50.0, args.users / 2),
-        mode="saturate",
-        # Under the server's per-socket limit (CHAT_RATE_PER_S, 20/s): while the first
-        # users are alone on the server, each could outrun it and be refused
-        # (rate_limited); at full load each gets a share far below this cap.
-        max_rate=15,
-        room_size=5,
-        room_prefix="bench",
-        idle_after_s=5,
-        max_fail_ratio=0.0,
-    )
 
 
 def leak_scenario() -> Scenario:
@@ -102,13 +85,6 @@ def capacity_scenario(args) -> Scenario:
         room_prefix="capacity",
         idle_after_s=10,
     )
-
-
-def prepare_rooms(stack: Stack, scenario: Scenario) -> None:
-    """Create the saturating users' rooms up front, so the measured runs make no HTTP requests."""
-    http = ChatHttp(stack.app_url)
-    for number in range(-(-scenario.users // scenario.room_size)):
-        http.ensure_room(f"{scenario.room_prefix}-0-{number}")
 
 
 def start(
@@ -211,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     # One stack, its data services with TLS or without (pooled-djangopool-notls).
     stacks = {tls: Stack(Config(tls=tls)) for tls in (True, False)}
     stack = stacks[True]
-    scenario = throughput_scenario(args)
+    scenario = throughput_scenario(args.users, args.hold)
     out = args.results / "bench"
     machine = f"{platform.platform()}, {os.cpu_count()} CPUs"
     try:
