@@ -32,8 +32,22 @@ UNLIMITED = {"CHAT_RATE_PER_S": "10000", "CHAT_RATE_BURST": "10000"}
 LOCK_WINDOW_S = 3.0
 
 
+def close_this_process_pool() -> None:
+    """The in-process consumer tests (django_app) give this process a Django pool of its own,
+    logged in to PgBouncer as the app role for the rest of the session: PgBouncer would
+    count its idle connections among the app's clients. Closed here; it reopens on use."""
+    from django.conf import settings
+
+    if settings.configured:
+        from django.db import connections
+
+        for connection in connections.all():
+            connection.close_pool()
+
+
 @pytest.fixture(scope="module")
 def threaded_app(stack):
+    close_this_process_pool()
     stack.restart_app(
         SHIPPED,
         {"CHAT_DATABASE_THREADS": str(THREADS), "DATABASE_POOL_MAX_SIZE": str(POOL_MAX_SIZE), **UNLIMITED},
