@@ -31,3 +31,17 @@ def answers(socket: ChatSocket, count: int) -> list[dict]:
         if frame["type"] in ("ack", "error"):
             frames.append(frame)
     return frames
+
+
+def acks_in_order(sockets: dict[str, ChatSocket], sent: dict[str, list[str]]) -> dict[str, list[int]]:
+    """Read every socket's answers to what it ``sent``: each must be the ack of its message, in
+    the order sent, with ids increasing (each committed before the next began). The ids, per socket."""
+    acked = {}
+    for name, socket in sockets.items():
+        frames = answers(socket, len(sent[name]))
+        assert [(frame["type"], frame.get("client_id")) for frame in frames] == [
+            ("ack", c) for c in sent[name]
+        ], frames
+        acked[name] = [frame["id"] for frame in frames]
+        assert acked[name] == sorted(set(acked[name]))
+    return acked

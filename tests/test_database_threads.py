@@ -16,7 +16,7 @@ import uuid
 import psycopg
 import pytest
 from app_processes import per_process, scrape_until, served_by, total, wait_for_metrics
-from pipelined import answers, pipeline
+from pipelined import acks_in_order, answers, pipeline
 
 from native.profiles import SHIPPED
 from pooled_postgres.observe import pgbouncer_show, role_connections
@@ -111,13 +111,8 @@ def test_each_sockets_messages_are_stored_and_acknowledged_in_the_order_sent(thr
     sockets = {f"writer{n}": ChatSocket(threaded_app.app_url, room, f"writer{n}") for n in range(4)}
     sent = pipeline(sockets, per_socket)
 
-    acked = {}
-    for name, socket in sockets.items():
-        frames = answers(socket, per_socket)
-        assert [frame["type"] for frame in frames] == ["ack"] * per_socket, frames
-        assert [frame["client_id"] for frame in frames] == sent[name]
-        acked[name] = [frame["id"] for frame in frames]
-        assert acked[name] == sorted(set(acked[name]))  # each committed before the next began
+    acked = acks_in_order(sockets, sent)
+    for socket in sockets.values():
         socket.close()
 
     rows = owner_db.execute(

@@ -11,7 +11,7 @@ thread and on CHAT_DATABASE_THREADS, which `make bench` combines with the checks
 import uuid
 
 import pytest
-from pipelined import answers, pipeline, resend
+from pipelined import acks_in_order, answers, pipeline, resend
 
 from native.profiles import SHIPPED
 from probes.chat import ChatHttp, ChatSocket
@@ -100,12 +100,7 @@ def test_messages_are_acknowledged_in_order_and_stored_once(checked_app, room, o
     per_socket = 30
     sockets = {f"writer{n}": ChatSocket(checked_app.app_url, room, f"writer{n}") for n in range(4)}
     sent = pipeline(sockets, per_socket)
-    acked = {}
-    for name, socket in sockets.items():
-        frames = answers(socket, per_socket)
-        assert [(frame["type"], frame["client_id"]) for frame in frames] == [("ack", c) for c in sent[name]]
-        acked[name] = [frame["id"] for frame in frames]
-        assert acked[name] == sorted(set(acked[name]))
+    acked = acks_in_order(sockets, sent)
 
     resend(sockets, sent)  # every message again, as a client that lost its acks would
     for name, socket in sockets.items():
