@@ -84,6 +84,12 @@ CONFIGS = [
         "shipped, but no health check (a round trip) when the pool hands out a connection",
     ),
     BenchConfig(
+        "pooled-djangopool-nobatch",
+        SHIPPED,
+        {"CHAT_POST_BATCH_MAX": "1"},
+        "shipped, but each post stored by a database call of its own instead of in batches",
+    ),
+    BenchConfig(
         "pooled-djangopool+db-threads",
         SHIPPED,
         {"CHAT_DATABASE_THREADS": "4"},

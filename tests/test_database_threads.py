@@ -16,6 +16,7 @@ import uuid
 import psycopg
 import pytest
 from app_processes import per_process, scrape_until, served_by, total, wait_for_metrics
+from held_posts import inserts_waiting_for_a_lock
 from pipelined import acks_in_order, answers, pipeline
 
 from native.profiles import SHIPPED
@@ -96,14 +97,6 @@ def most_inserts_waiting_at_once(stack, room, owner_db, monitor_db) -> int:
         assert answer["client_id"] == client_id
         socket.close()
     return most
-
-
-def inserts_waiting_for_a_lock(monitor_db) -> int:
-    return monitor_db.execute(
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = %s AND usename = %s AND wait_event_type = 'Lock'",
-        [APP_DATABASE, APP_ROLE],
-    ).fetchone()[0]
 
 
 def test_each_sockets_messages_are_stored_and_acknowledged_in_the_order_sent(threaded_app, room, owner_db):

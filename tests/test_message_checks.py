@@ -11,6 +11,7 @@ thread and on CHAT_DATABASE_THREADS, which `make bench` combines with the checks
 import uuid
 
 import pytest
+from held_posts import posts_held_back
 from pipelined import acks_in_order, answers, pipeline, resend
 
 from native.profiles import SHIPPED
@@ -122,3 +123,33 @@ def test_messages_without_a_client_id_are_stored_every_time(checked_app, room, o
     assert acks[0]["id"] != acks[1]["id"]
     assert len(stored(owner_db, room)) == 2
     socket.close()
+
+
+def test_in_a_batch_a_banned_author_is_refused_alone_and_a_resend_answered_with_its_id(
+    checked_app, room, owner_db, monitor_db
+):
+    """The checks read once for a whole batch (chat/store.py, add_messages_checked); each post
+    still gets its own answer."""
+    alice = ChatSocket(checked_app.app_url, room, "alice")
+    first = alice.post("before the batch", "early-1")
+    alice.close()
+    ban(owner_db, room, "mallory")
+    members = {"mallory": (room, "mallory"), "alice": (room, "alice"), "bob": (room, "bob")}
+    posts = {"mallory": "banned-1", "alice": "early-1", "bob": "bob-1"}
+    with posts_held_back(checked_app, owner_db, monitor_db, members) as held:
+        for name, socket in held.sockets.items():
+            socket.send({"type": "message", "text": f"from {name}", "client_id": posts[name]})
+        held.wait_until_waiting(len(members))
+
+    got = {name: answers(socket, 1)[0] for name, socket in held.sockets.items()}
+    for socket in held.sockets.values():
+        socket.close()
+    assert got["mallory"] == {
+        "type": "error",
+        "code": "forbidden",
+        "message": "you may not post in this room; the message was not stored",
+        "client_id": "banned-1",
+    }
+    assert got["alice"] == {"type": "ack", "id": first["id"], "client_id": "early-1", "duplicate": True}
+    assert got["bob"]["type"] == "ack"
+    assert stored(owner_db, room) == [("alice", "early-1", first["id"]), ("bob", "bob-1", got["bob"]["id"])]

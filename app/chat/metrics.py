@@ -7,7 +7,7 @@ update is a write to a memory-mapped file, a few microseconds: cheap enough for
 once per message.
 """
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 # liveall: one series per live process (label pid); a dead process's series is
 # removed (chat_site/metrics_server.py), since its sockets died with it.
@@ -25,4 +25,14 @@ HANDSHAKES_REFUSED = Counter(
     "chat_handshakes_refused",
     "WebSocket handshakes refused (origin: HTTP 403) or closed at connect (the error's code), by reason",
     ["reason"],
+)
+POSTS_WAITING = Gauge(
+    "chat_posts_waiting",
+    "Posts waiting for a database call to store them (chat/posting.py), per Daphne process",
+    multiprocess_mode="liveall",
+)
+POST_BATCH_SIZE = Histogram(
+    "chat_post_batch_size",
+    "Posts stored by one database call",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
 )

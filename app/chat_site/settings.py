@@ -166,6 +166,16 @@ if CHAT_DATABASE_THREADS > DATABASE_POOL_MAX_SIZE:
         f"connections of Django's pool per process: set CHAT_DATABASE_THREADS to at most "
         f"{DATABASE_POOL_MAX_SIZE}, or DATABASE_POOL_MAX_SIZE to at least {CHAT_DATABASE_THREADS}"
     )
+# The most posts one database call stores (chat/posting.py): the posts of every socket of
+# the process that came while the call before ran, in one INSERT and one commit. Under
+# load that spares each message its own thread hop, pool checkout and round trips; alone,
+# a post goes at once. 1 stores each post on its own. The cap keeps a statement's size
+# (CHAT_MAX_TEXT_CHARS per post) and the time a connection is held for it bounded.
+CHAT_POST_BATCH_MAX = env.int("CHAT_POST_BATCH_MAX", default=100)
+if CHAT_POST_BATCH_MAX < 1:
+    raise ImproperlyConfigured(
+        f"CHAT_POST_BATCH_MAX={CHAT_POST_BATCH_MAX}: set it to 1 (each post on its own) or more"
+    )
 # What a real handler does before it stores a message, off by default: `make bench`'s
 # realistic-database scenario turns it on (chat/store.py, add_message_checked).
 CHAT_MESSAGE_CHECKS = env.bool("CHAT_MESSAGE_CHECKS", default=False)
