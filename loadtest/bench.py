@@ -77,7 +77,7 @@ def capacity_scenario(args) -> Scenario:
         hold_s=60,
         # Each arrival is three HTTP requests and a handshake: an arrival rate two Daphne
         # processes absorb while serving thousands already connected (README, "Performance").
-        spawn_rate=20,
+        spawn_rate=25,
         mode="chat",
         pace_s=25,
         history_every_s=120,
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pgbench-seconds", type=int, default=10, help="(default %(default)s)")
     parser.add_argument(
-        "--capacity-users", type=int, default=5000, help="0 skips the capacity run (%(default)s)"
+        "--capacity-users", type=int, default=7500, help="0 skips the capacity run (%(default)s)"
     )
     parser.add_argument(
         "--results", type=Path, default=PROJECT / "results" / "latest", help="(default %(default)s)"

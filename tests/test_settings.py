@@ -76,6 +76,7 @@ def test_migrations_match_the_models(stack):
             "turns off: set DATABASE_POOL_MAX_SIZE to at least 2, or CHAT_DATABASE_THREADS=0",
         ),
         ({"CHAT_DATABASE_THREADS": "-1"}, "CHAT_DATABASE_THREADS=-1 is negative: set it to 0"),
+        ({"CHAT_POST_BATCH_MAX": "0"}, "CHAT_POST_BATCH_MAX=0: set it to 1 (each post on its own) or more"),
     ],
 )
 def test_unsafe_configuration_is_refused_with_the_fix_named(stack, overrides, message):
