@@ -45,6 +45,7 @@ from loadtest.bench_table import (
     markdown,
     plot,
 )
+from loadtest.headroom import Headroom
 from loadtest.runner import Target, run_target, wait_healthy
 from loadtest.scenario import PROJECT, Scenario, raise_open_file_limit
 from loadtest.workloads import prepare_rooms, throughput_scenario
@@ -242,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
             target = Target(
                 "capacity", stack.app_url, f"shipped ({SHIPPED.name}), chat scenario", SHIPPED.name
             )
-            capacity = run_target(target, cap, out / "capacity", env)
+            headroom = Headroom(stack)
+            headroom.start()
+            try:
+                capacity = run_target(target, cap, out / "capacity", env)
+            finally:
+                headroom.stop()
+            capacity.update(headroom.figures(cap.ramp_s, capacity["users_peak"]))
     except (StackError, RuntimeError, psycopg.Error) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ The library behind `python -m loadtest.bench` (which measures) and
 `python -m loadtest.bench_plot` (which redraws the plot from bench.json).
 """
 
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +204,13 @@ def markdown(
             f"server connections peak {capacity['server_connections_peak']} / bound "
             f"{capacity['server_connection_bound']} ({capacity['verdict']}).",
         ]
+        if cores := capacity.get("cores_busy_at_full_load"):
+            busy = ", ".join(f"{kind} {value:.2f}" for kind, value in cores.items())
+            lines[-1] += (
+                f" At full load, cores busy (of {os.cpu_count()}): {busy}. Daphne's memory: "
+                f"{capacity['daphne_mib_peak']:,} MiB at its largest, "
+                f"{capacity['daphne_kib_per_socket']:,.0f} KiB per socket."
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ KINDS = (*SERVICES, LOAD_GENERATOR)
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
-def _processes() -> dict[int, tuple[int, float]]:
+def process_table() -> dict[int, tuple[int, float]]:
     """pid -> (parent pid, CPU seconds of the process and of its reaped children)."""
     found = {}
     for entry in Path("/proc").iterdir():
@@ -51,7 +51,7 @@ def tree_seconds(root: int | None, processes: dict[int, tuple[int, float]]) -> f
 
 def snapshot(stack) -> dict[str, float]:
     """CPU seconds so far of each kind; subtract two snapshots for a run's share."""
-    processes = _processes()
+    processes = process_table()
     seconds = {kind: tree_seconds(stack.pid(service), processes) for kind, service in SERVICES.items()}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     seconds[LOAD_GENERATOR] = children.ru_utime + children.ru_stime
