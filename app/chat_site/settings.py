@@ -177,7 +177,7 @@ if CHAT_POST_BATCH_MAX < 1:
         f"CHAT_POST_BATCH_MAX={CHAT_POST_BATCH_MAX}: set it to 1 (each post on its own) or more"
     )
 # What a real handler does before it stores a message, off by default: `make bench`'s
-# realistic-database scenario turns it on (chat/store.py, add_message_checked).
+# realistic-database scenario turns it on (chat/store.py, add_messages_checked).
 CHAT_MESSAGE_CHECKS = env.bool("CHAT_MESSAGE_CHECKS", default=False)
 
 # --- Channels ------------------------------------------------------------------
