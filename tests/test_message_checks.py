@@ -153,3 +153,41 @@ def test_in_a_batch_a_banned_author_is_refused_alone_and_a_resend_answered_with_
     assert got["alice"] == {"type": "ack", "id": first["id"], "client_id": "early-1", "duplicate": True}
     assert got["bob"]["type"] == "ack"
     assert stored(owner_db, room) == [("alice", "early-1", first["id"]), ("bob", "bob-1", got["bob"]["id"])]
+
+
+def test_in_a_batch_a_deleted_room_fails_alone_and_the_others_keep_their_own_answers(
+    checked_app, room, owner_db, monitor_db
+):
+    """The deleted room's row fails the batch's INSERT as a whole; each post is then stored
+    again on its own (chat/store.py, _alone_if_one_breaks_the_batch), with the checks."""
+    alice = ChatSocket(checked_app.app_url, room, "alice")
+    first = alice.post("before the batch", "early-1")
+    alice.close()
+    ban(owner_db, room, "mallory")
+    doomed = f"t-doomed-{uuid.uuid4().hex[:8]}"
+    ChatHttp(checked_app.app_url).ensure_room(doomed)
+    members = {
+        "doomed": (doomed, "carol"),
+        "mallory": (room, "mallory"),
+        "alice": (room, "alice"),
+        "bob": (room, "bob"),
+    }
+    posts = {"doomed": "doomed-1", "mallory": "banned-1", "alice": "early-1", "bob": "bob-1"}
+    with posts_held_back(checked_app, owner_db, monitor_db, members) as held:
+        for name, socket in held.sockets.items():
+            socket.send({"type": "message", "text": f"from {name}", "client_id": posts[name]})
+        held.wait_until_waiting(len(members))
+        owner_db.execute("DELETE FROM chat_room WHERE slug = %s", [doomed])
+
+    got = {name: answers(socket, 1)[0] for name, socket in held.sockets.items()}
+    for socket in held.sockets.values():
+        socket.close()
+    assert (got["doomed"]["type"], got["doomed"]["code"], got["doomed"]["client_id"]) == (
+        "error",
+        "unavailable",
+        "doomed-1",
+    )
+    assert (got["mallory"]["type"], got["mallory"]["code"]) == ("error", "forbidden")
+    assert got["alice"] == {"type": "ack", "id": first["id"], "client_id": "early-1", "duplicate": True}
+    assert got["bob"]["type"] == "ack"
+    assert stored(owner_db, room) == [("alice", "early-1", first["id"]), ("bob", "bob-1", got["bob"]["id"])]

@@ -36,3 +36,8 @@ POST_BATCH_SIZE = Histogram(
     "Posts stored by one database call",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200),
 )
+PUBLISH_BATCH_SIZE = Histogram(
+    "chat_publish_batch_size",
+    "Broadcasts published to Redis by one round trip (chat/layer.py)",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+)

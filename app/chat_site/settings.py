@@ -177,7 +177,7 @@ if CHAT_POST_BATCH_MAX < 1:
         f"CHAT_POST_BATCH_MAX={CHAT_POST_BATCH_MAX}: set it to 1 (each post on its own) or more"
     )
 # What a real handler does before it stores a message, off by default: `make bench`'s
-# realistic-database scenario turns it on (chat/store.py, add_message_checked).
+# realistic-database scenario turns it on (chat/store.py, add_messages_checked).
 CHAT_MESSAGE_CHECKS = env.bool("CHAT_MESSAGE_CHECKS", default=False)
 
 # --- Channels ------------------------------------------------------------------
@@ -186,6 +186,8 @@ CHAT_MESSAGE_CHECKS = env.bool("CHAT_MESSAGE_CHECKS", default=False)
 #
 # Redis pub/sub by default: a broadcast is one PUBLISH that each process fans out
 # to its own members, and membership lives in the process, so it ends with it.
+# channels_redis' pub/sub layer, except that the PUBLISHes waiting at once go to
+# Redis in one round trip (chat/layer.py).
 # It is faster than channels_redis' list-based "core" layer (`make bench` measures
 # both: config pooled-djangopool+core-layer; the README has the figures). The core
 # layer also runs out of its per-process Redis pool (redis-py 8 caps it) when many
@@ -200,7 +202,7 @@ CHAT_MESSAGE_CHECKS = env.bool("CHAT_MESSAGE_CHECKS", default=False)
 # CHANNEL_LAYER_CA_FILE); the password comes from CHANNEL_LAYER_PASSWORD (_FILE).
 CHANNEL_LAYER_URL = env.str("CHANNEL_LAYER_URL", default="")
 CHANNEL_LAYER_BACKENDS = {
-    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "pubsub": "chat.layer.CoalescingPubSubChannelLayer",
     "core": "channels_redis.core.RedisChannelLayer",
 }
 CHANNEL_LAYER_BACKEND = _choice("CHANNEL_LAYER_BACKEND", CHANNEL_LAYER_BACKENDS, default="pubsub")
