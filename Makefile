@@ -9,8 +9,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LOCKS := app/requirements.txt loadtest/requirements.txt requirements-dev.txt
-SCRIPTS := $(wildcard */entrypoint.sh) loadtest/as-results-owner.sh monitoring/promtool.sh lib/secrets.sh native/install-system-packages.sh native/fetch-monitoring.sh .ci/run .ci/as-regular-user.sh $(wildcard compose/*.sh) $(wildcard tests/browser/*.sh)
-DOCKERFILES := $(wildcard */Dockerfile)
+SCRIPTS := $(wildcard */entrypoint.sh) loadtest/as-results-owner.sh monitoring/promtool.sh lib/secrets.sh native/install-system-packages.sh native/fetch-monitoring.sh .ci/run .ci/as-regular-user.sh $(wildcard compose/*.sh) $(wildcard swarm/*.sh) $(wildcard tests/browser/*.sh)
+DOCKERFILES := $(wildcard */Dockerfile) swarm/node/Dockerfile
 
 .PHONY: help
 help: ## list the targets
@@ -85,6 +85,10 @@ test-native: deps venv ## the suite without the Compose stack (no Docker install
 .PHONY: compose-test
 compose-test: venv ## only the Docker Compose end-to-end test (installs Docker, builds the images)
 	COMPOSE_TEST=1 $(PY) -m pytest -m compose tests/compose
+
+.PHONY: swarm-test
+swarm-test: venv ## the stack on a three-node Docker Swarm (Docker-in-Docker nodes), both PgBouncer topologies, faults under load; not yet in CI
+	swarm/swarm.sh run $(PY) -m pytest -m swarm tests/swarm
 
 .PHONY: lint
 lint: venv ## ruff, shellcheck, hadolint, Compose schema, alert rules (promtool check and unit tests)
