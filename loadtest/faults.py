@@ -77,10 +77,18 @@ class Chatter(threading.Thread):
     (for up to DELIVERY_LIMIT_S)."""
 
     def __init__(
-        self, base_url: str, room: str, name: str, ledger: Ledger, stop: threading.Event, pace: float
+        self,
+        base_url: str,
+        room: str,
+        name: str,
+        ledger: Ledger,
+        stop: threading.Event,
+        pace: float,
+        socket_options: dict | None = None,
     ):
         super().__init__(name=name, daemon=True)
         self.base_url, self.room, self.ledger, self.stop, self.pace = base_url, room, ledger, stop, pace
+        self.socket_options = socket_options or {}  # ChatSocket's, e.g. sslopt for a private CA
         self.outbox: dict[str, str] = {}  # client_id -> text, in the order written
         self.attempts = 0
 
@@ -107,7 +115,9 @@ class Chatter(threading.Thread):
 
     def _connect(self) -> ChatSocket | None:
         try:
-            socket = ChatSocket(self.base_url, self.room, self.name, timeout=REPLY_TIMEOUT_S)
+            socket = ChatSocket(
+                self.base_url, self.room, self.name, timeout=REPLY_TIMEOUT_S, **self.socket_options
+            )
         except (OSError, websocket.WebSocketException):
             self.ledger.error("connect_refused")
             return None
@@ -356,14 +366,27 @@ def account(
         rows = owner.execute(
             "SELECT client_id, id FROM chat_message WHERE client_id = ANY(%s)", [list(ledger.sent)]
         ).fetchall()
-    stored = Counter(client_id for client_id, _ in rows)
-    row_ids = {client_id: message_id for client_id, message_id in rows}
-    acked, sent = ledger.acked, ledger.sent
     recoveries = [fault["recovery_s"] for fault in per_fault]
     return {
         "faults": [fault["fault"] for fault in per_fault],
         "clients": clients,
         "duration_s": round(duration, 1),
+        **ledger_outcome(ledger, rows),
+        "stragglers": stragglers,
+        "max_recovery_s": max(recoveries, default=0.0),
+        "recovery_limit_s": RECOVERY_LIMIT_S,
+        "per_fault": per_fault,
+        "server_connections_peak": peak,
+        "server_connection_bound": connection_bound(),
+    }
+
+
+def ledger_outcome(ledger: Ledger, rows: list[tuple[str, int]]) -> dict:
+    """What became of every message written, from the (client_id, id) rows stored for them."""
+    stored = Counter(client_id for client_id, _ in rows)
+    row_ids = {client_id: message_id for client_id, message_id in rows}
+    acked, sent = ledger.acked, ledger.sent
+    return {
         "sent": len(sent),
         "acknowledged": len(acked),
         "duplicate_acks": ledger.duplicate_acks,
@@ -383,12 +406,6 @@ def account(
         "errors_by_kind": dict(sorted(ledger.errors.items())),
         "close_codes": dict(sorted(ledger.closes.items())),
         "hangs": ledger.errors["timeout"],
-        "stragglers": stragglers,
-        "max_recovery_s": max(recoveries, default=0.0),
-        "recovery_limit_s": RECOVERY_LIMIT_S,
-        "per_fault": per_fault,
-        "server_connections_peak": peak,
-        "server_connection_bound": connection_bound(),
     }
 
 
