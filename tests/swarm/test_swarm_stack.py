@@ -1,0 +1,288 @@
+"""The stack across three swarm nodes, under load: placement, the connection budget, and faults.
+
+Each test runs once per PgBouncer topology (conftest.py: per-node, central). While a
+fault happens, chatters write through every node's proxy and Locust's workers drive
+every app replica; afterwards every message written is looked up in PostgreSQL
+(loadtest/faults.py's ledger) and the app role's server connections are held to the
+topology's budget (swarm/budget.py). Faults: a rolling deploy of the app, a drained
+node, a worker node stopped outright, one PgBouncer restarted.
+
+Written against the stack's real behaviour but not yet run: see swarm/README.md.
+"""
+
+import time
+from collections import Counter
+
+import pytest
+from swarm_harness import (
+    PROJECT,
+    RECOVERY_LIMIT_S,
+    STACK,
+    Chatters,
+    PoolSampler,
+    Swarm,
+    recovery_seconds,
+    run,
+    unexpected_load_errors,
+)
+
+pytestmark = [pytest.mark.swarm, pytest.mark.timeout(1800)]
+
+LOAD_USERS = 150
+LOAD_HOLD_S = 60.0
+# What a client of a replica that stops may see, and nothing else: its socket closed
+# with 1001 (graceful_daphne's drain), a message refused as going_away while the
+# server drains (sent again after reconnecting).
+DRAIN = ("code 1001", "going_away")
+# A node's proxy that stops (drain, or the node gone) cuts its WebSockets without a
+# close frame (nginx's worker_shutdown_timeout): 1006, and the chatters send again.
+PROXY_GONE = ("code 1006", "ConnectionResetError", "WebSocketConnectionClosedException")
+# A PgBouncer restarting: the app answers unavailable, the client sends again.
+POOLER_GONE = ("unavailable",)
+# A node gone without a word: connections to its tasks neither answer nor reset (its
+# network namespace is gone), so a message in flight there waits out the client's timeout.
+NODE_GONE = ("no ack within",)
+UPDATE_TIMEOUT_S = 600
+
+
+def test_every_service_runs_where_its_labels_put_it(swarm: Swarm):
+    nodes = sorted(node.name for node in swarm.nodes)
+    assert swarm.running_tasks("postgres") == ["node1"]  # chat.database
+    assert swarm.running_tasks("redis") == ["node1"]
+    assert swarm.running_tasks("app") == nodes  # one replica per app node
+    assert swarm.running_tasks("proxy") == nodes
+    assert swarm.running_tasks("locust-worker") == nodes
+    if swarm.topology == "per-node":
+        for node in nodes:
+            assert swarm.running_tasks(f"pgbouncer-{node}") == [node]
+    else:
+        assert swarm.running_tasks("pgbouncer") == ["node1"]
+    applied = swarm.psql("SELECT count(*) AS n FROM django_migrations WHERE app = 'chat'")
+    assert int(applied[0]["n"]) >= 1  # the migrate job ran to completion
+
+
+def test_secrets_and_configs_are_swarm_objects_where_compose_has_files(swarm: Swarm):
+    secrets = swarm.manager("secret", "ls", "--format", "{{.Name}}").stdout.split()
+    assert any(name.startswith(f"{STACK}_app_POSTGRES_APP_PASSWORD_") for name in secrets), secrets
+    app = swarm.container("app", "node1")
+    owner_mode = swarm.docker(
+        "node1", "exec", app, "stat", "-c", "%u %a", "/run/secrets/app/POSTGRES_APP_PASSWORD"
+    )
+    assert owner_mode.stdout.split() == ["10001", "400"]
+    postgres = swarm.container("postgres", "node1")
+    served = swarm.docker("node1", "exec", postgres, "cat", "/opt/chat/postgres/postgresql.conf").stdout
+    assert served == (PROJECT / "postgres" / "postgresql.conf").read_text()
+    volumes = swarm.manager("volume", "ls", "--format", "{{.Name}}").stdout.split()
+    assert f"{STACK}_secrets" not in volumes  # Compose's secrets volume has no place here
+
+
+def test_the_browser_path_answers_on_every_node(swarm: Swarm):
+    with Chatters(swarm, clients=1) as chatters:
+        seconds = recovery_seconds(swarm, chatters.room, time.monotonic(), swarm.proxy_urls())
+    assert seconds < RECOVERY_LIMIT_S
+
+
+def test_server_connections_stay_within_the_topologys_budget_under_load(swarm: Swarm):
+    with PoolSampler(swarm) as pools:
+        summary = swarm.start_load("budget", LOAD_USERS, LOAD_HOLD_S).summary()
+    assert summary["failures"] == 0, summary["errors"]
+    assert summary["server_connections_peak"] <= swarm.budget.app_role_bound, swarm.budget.formula()
+    peaks = pools.server_peaks()
+    assert set(peaks) == set(swarm.pgbouncer_services())  # every PgBouncer served: every node driven
+    assert all(0 < peak <= swarm.budget.app_role_per_pgbouncer for peak in peaks.values()), peaks
+    swarm.record(
+        {
+            "run": "steady load",
+            "users": LOAD_USERS,
+            "messages_per_s": summary["messages_per_s"],
+            "latency_ms": summary["latency_ms"],
+            "server_connections_peak": summary["server_connections_peak"],
+            "bound": swarm.budget.app_role_bound,
+            "per_pgbouncer_peak": peaks,
+        }
+    )
+
+
+def test_server_connections_grow_with_app_nodes_not_users(swarm: Swarm):
+    """The app scaled from 1 to 3 replicas (one per node): PostgreSQL's count may grow by one
+    pool per PgBouncer in use, never with the users."""
+    service = f"{STACK}_app"
+    try:
+        for replicas in range(1, len(swarm.nodes) + 1):
+            swarm.manager(
+                "service", "scale", "--detach=false", f"{service}={replicas}", timeout=UPDATE_TIMEOUT_S
+            )
+            summary = swarm.start_load(f"scale-{replicas}", LOAD_USERS, LOAD_HOLD_S / 2).summary()
+            in_use = len(set(swarm.running_tasks("app"))) if swarm.topology == "per-node" else 1
+            assert summary["failures"] == 0, summary["errors"]
+            assert summary["server_connections_peak"] <= in_use * swarm.budget.app_role_per_pgbouncer
+            swarm.record(
+                {
+                    "run": f"{replicas} app node(s)",
+                    "users": LOAD_USERS,
+                    "messages_per_s": summary["messages_per_s"],
+                    "server_connections_peak": summary["server_connections_peak"],
+                    "bound": in_use * swarm.budget.app_role_per_pgbouncer,
+                }
+            )
+    finally:
+        swarm.manager(
+            "service", "scale", "--detach=false", f"{service}={len(swarm.nodes)}", timeout=UPDATE_TIMEOUT_S
+        )
+        swarm.wait_converged()
+
+
+def test_a_rolling_deploy_drains_every_replica_and_loses_nothing(swarm: Swarm):
+    load = swarm.start_load("rolling-deploy", LOAD_USERS, LOAD_HOLD_S * 2)
+    with Chatters(swarm) as chatters:
+        time.sleep(10)  # every chatter connected, Locust at full load
+        started = time.monotonic()
+        swarm.manager(
+            "service", "update", "--detach=false", "--force", f"{STACK}_app", timeout=UPDATE_TIMEOUT_S
+        )
+        deploy_s = time.monotonic() - started
+        recovered = recovery_seconds(swarm, chatters.room, time.monotonic(), swarm.proxy_urls())
+    outcome, summary = chatters.outcome(), load.summary()
+    assert_nothing_lost(outcome)
+    # Every client of a stopped replica was told (1001), none was cut (1006).
+    assert set(outcome["close_codes"]) == {"1001"}, outcome["close_codes"]
+    assert unexpected_load_errors(summary, DRAIN) == []
+    assert summary["server_connections_peak"] <= swarm.budget.app_role_bound
+    assert swarm.running_tasks("app") == sorted(node.name for node in swarm.nodes)
+    assert recovered < RECOVERY_LIMIT_S
+    swarm.record(
+        {"run": "rolling deploy", "deploy_s": round(deploy_s, 1), "recovery_s": recovered, **tally(outcome)}
+    )
+
+
+def test_a_drained_node_hands_its_replica_over_and_loses_nothing(swarm: Swarm):
+    load = swarm.start_load("drain", LOAD_USERS, LOAD_HOLD_S * 2)
+    try:
+        with Chatters(swarm) as chatters:
+            time.sleep(10)
+            started = time.monotonic()
+            swarm.manager("node", "update", "--availability", "drain", "node3")
+            moved_s = wait_for_app_replicas(swarm, away_from="node3")
+            recovered = recovery_seconds(swarm, chatters.room, started, swarm.proxy_urls(["node1", "node2"]))
+        outcome, summary = chatters.outcome(), load.summary()
+    finally:
+        swarm.manager("node", "update", "--availability", "active", "node3")
+        rebalance(swarm)
+    assert_nothing_lost(outcome)
+    assert set(outcome["close_codes"]) <= {"1001", "1006"}, outcome["close_codes"]
+    assert unexpected_load_errors(summary, DRAIN + PROXY_GONE) == []
+    assert summary["server_connections_peak"] <= swarm.budget.app_role_bound
+    assert recovered < RECOVERY_LIMIT_S
+    swarm.record(
+        {"run": "node3 drained", "replica_moved_s": moved_s, "recovery_s": recovered, **tally(outcome)}
+    )
+
+
+def test_a_stopped_worker_node_loses_nothing_acknowledged(swarm: Swarm):
+    node3 = swarm.node("node3").container
+    load = swarm.start_load("node-stopped", LOAD_USERS, LOAD_HOLD_S * 2)
+    try:
+        with Chatters(swarm) as chatters:
+            time.sleep(10)
+            started = time.monotonic()
+            # Stopped outright: SIGKILL to the node's engine and everything it runs.
+            run(["docker", "kill", node3], timeout=60)
+            moved_s = wait_for_app_replicas(swarm, away_from="node3")
+            recovered = recovery_seconds(swarm, chatters.room, started, swarm.proxy_urls(["node1", "node2"]))
+        outcome, summary = chatters.outcome(), load.summary()
+    finally:
+        run(["docker", "start", node3], timeout=60)
+        wait_until(lambda: "node3 Ready" in node_states(swarm), RECOVERY_LIMIT_S * 2, "node3 Ready again")
+        rebalance(swarm)
+    # A message in flight to node3 waited out the chatter's timeout (a hang, counted),
+    # then went again through another node: nothing acknowledged or written is lost.
+    assert_nothing_lost({**outcome, "hangs": 0})
+    assert set(outcome["close_codes"]) <= {"1001", "1006"}, outcome["close_codes"]
+    assert unexpected_load_errors(summary, DRAIN + PROXY_GONE + NODE_GONE) == []
+    assert summary["server_connections_peak"] <= swarm.budget.app_role_bound
+    assert recovered < RECOVERY_LIMIT_S
+    swarm.record(
+        {
+            "run": "node3 stopped",
+            "replica_moved_s": moved_s,
+            "recovery_s": recovered,
+            "hangs": outcome["hangs"],
+            **tally(outcome),
+        }
+    )
+
+
+def test_restarting_one_pgbouncer_is_noticed_only_where_it_serves(swarm: Swarm):
+    restarted = swarm.pgbouncer_services()[-1]  # node3's, or the central one
+    load = swarm.start_load("pgbouncer-restart", LOAD_USERS, LOAD_HOLD_S)
+    with Chatters(swarm) as chatters:
+        time.sleep(10)
+        before = swarm.app_errors_by_node()
+        started = time.monotonic()
+        swarm.manager(
+            "service", "update", "--detach=false", "--force", f"{STACK}_{restarted}", timeout=UPDATE_TIMEOUT_S
+        )
+        recovered = recovery_seconds(swarm, chatters.room, started, swarm.proxy_urls())
+        time.sleep(5)
+        after = swarm.app_errors_by_node()
+    outcome, summary = chatters.outcome(), load.summary()
+    assert_nothing_lost(outcome)
+    assert unexpected_load_errors(summary, POOLER_GONE) == []
+    noticed = sorted(node for node in after if after[node] - before.get(node, Counter()))
+    if swarm.topology == "per-node":
+        assert noticed in ([], ["node3"]), f"app errors on {noticed}: only node3's PgBouncer restarted"
+    swarm.record(
+        {"run": f"{restarted} restarted", "noticed_on": noticed, "recovery_s": recovered, **tally(outcome)}
+    )
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def assert_nothing_lost(outcome: dict) -> None:
+    assert outcome["acknowledged"] > 0
+    for key in (
+        "lost",
+        "lost_unacknowledged",
+        "stored_unacknowledged",
+        "duplicates",
+        "ack_mismatches",
+        "hangs",
+    ):
+        assert outcome[key] == 0, (key, outcome)
+    assert outcome["stragglers"] == []
+
+
+def wait_until(predicate, seconds: float, what: str) -> float:
+    """Seconds until ``predicate()`` holds; fails naming ``what`` after ``seconds``."""
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < seconds, f"{what}: not within {seconds:g}s"
+        time.sleep(1)
+    return round(time.monotonic() - started, 1)
+
+
+def wait_for_app_replicas(swarm: Swarm, away_from: str) -> float:
+    """Seconds until every app replica runs again, none on ``away_from``: the tasks moved."""
+    wanted = len(swarm.nodes)
+
+    def moved() -> bool:
+        tasks = swarm.running_tasks("app")
+        return len(tasks) == wanted and away_from not in tasks
+
+    return wait_until(moved, RECOVERY_LIMIT_S * 2, f"{wanted} app replicas away from {away_from}")
+
+
+def node_states(swarm: Swarm) -> list[str]:
+    return swarm.manager("node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout.splitlines()
+
+
+def rebalance(swarm: Swarm) -> None:
+    """Swarm never moves a running task back to a node that returns: a rolling update does."""
+    swarm.manager("service", "update", "--detach=false", "--force", f"{STACK}_app", timeout=UPDATE_TIMEOUT_S)
+    swarm.wait_converged()
+    assert swarm.running_tasks("app") == sorted(node.name for node in swarm.nodes)
+
+
+def tally(outcome: dict) -> dict:
+    return {key: outcome[key] for key in ("sent", "acknowledged", "lost", "close_codes", "errors_by_kind")}
