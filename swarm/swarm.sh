@@ -7,6 +7,7 @@
 #                             and the engine stopped if this started it
 #   swarm.sh deploy TOPOLOGY  the stack (per-node or central PgBouncer: swarm/stack.py),
 #                             waited for until every service has converged
+#   swarm.sh wait             until every service has converged again (after a fault)
 #   swarm.sh remove-stack     `docker stack rm`, waited for until its services are gone
 #   swarm.sh up | down        the nodes and the swarm alone (`run` calls both)
 #
@@ -88,9 +89,14 @@ build_images() {
 }
 
 load_images() {
-  local node image tags=()
-  for image in "${images[@]}"; do tags+=("chat-stack/$image:${CHAT_IMAGE_TAG:-local}"); done
+  local node image tags
   for node in $(node_names); do
+    tags=()
+    for image in "${images[@]}"; do
+      # PostgreSQL and Redis run on node1 only (chat.database): no copy elsewhere.
+      [[ $node == node1 || ! $image =~ ^(postgres|redis)$ ]] || continue
+      tags+=("chat-stack/$image:${CHAT_IMAGE_TAG:-local}")
+    done
     log "loading ${#tags[@]} images into $node"
     docker save "${tags[@]}" | docker exec --interactive "$(container "$node")" docker load --quiet >/dev/null
   done
@@ -193,6 +199,10 @@ deploy() {
   log "deploying the $topology topology"
   # --resolve-image never: the images are on the nodes, and there is no registry to ask.
   manager stack deploy --resolve-image never --prune --compose-file "$state/stack.json" "$stack" >&2
+  wait_converged
+}
+
+wait_converged() {
   local deadline=$((SECONDS + converge_wait_s))
   until converged; do
     if ((SECONDS >= deadline)); then
@@ -202,7 +212,7 @@ deploy() {
     fi
     sleep 2
   done
-  log "deployed: $(manager service ls --format '{{.Name}} {{.Replicas}}' | paste -sd, -)"
+  log "converged: $(manager service ls --format '{{.Name}} {{.Replicas}}' | paste -sd, -)"
 }
 
 # Every service runs as many healthy tasks as it wants (a task counts once healthy),
@@ -250,9 +260,10 @@ case ${1:-} in
   up) up ;;
   down) down ;;
   deploy) shift; deploy "$@" ;;
+  wait) wait_converged ;;
   remove-stack) remove_stack ;;
   *)
-    echo "usage: $0 run COMMAND...|up|down|deploy per-node|central|remove-stack" >&2
+    echo "usage: $0 run COMMAND...|up|down|deploy per-node|central|wait|remove-stack" >&2
     exit 2
     ;;
 esac

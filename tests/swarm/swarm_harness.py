@@ -38,7 +38,6 @@ from swarm.budget import Budget, budget
 PROJECT = Path(__file__).resolve().parents[2]
 SWARM_SH = PROJECT / "swarm" / "swarm.sh"
 STACK = "chat"
-IMAGE_TAG = "local"
 PROXY_PORT = 8443
 METRICS_PORT = 9100  # the app's metrics (APP_METRICS_PORT): per task, never proxied
 DEPLOY_TIMEOUT_S = 420
@@ -201,7 +200,7 @@ class PoolSampler:
             "docker", "run", "--rm", "--name", self.name, "--network", f"{STACK}_monitoring",
             "--user", "0:0", "--cap-drop", "ALL",
             "--volume", f"{self.swarm.state}/secrets/monitor:/run/secrets/monitor:ro", "--entrypoint", "sh",
-            f"chat-stack/pgbouncer:{IMAGE_TAG}", "-c", script,
+            self.swarm.compose["services"]["pgbouncer"]["image"], "-c", script,
         ]  # fmt: skip
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         return self
@@ -323,7 +322,7 @@ class LoadRun:
             "--volume", f"{swarm.state}/secrets:/run/secrets-source:ro",
             "--volume", f"{self.results}:/results",
             *(option for item in environment.items() for option in ("--env", "=".join(item))),
-            "--entrypoint", service["entrypoint"][0], f"chat-stack/loadtest:{IMAGE_TAG}",
+            "--entrypoint", service["entrypoint"][0], service["image"],
             "python", "-m", "loadtest.prove", "--target", f"{name}=http://app:8000",
             "--users", str(users), "--duration", f"{hold_s:g}", "--results", "/results",
             "--expect-workers", str(workers),
