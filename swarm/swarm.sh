@@ -30,7 +30,8 @@ node_image=chat-swarm/node:local
 node_network=$prefix
 # The nodes' own network, and the pool Swarm takes overlay subnets from: apart from each
 # other and from docker-compose.yml's fixed subnets (10.231.x), which the overlays keep.
-node_subnet=10.238.$((offset % 200)).0/24
+node_subnet_prefix=10.238.$((offset % 200))
+node_subnet=$node_subnet_prefix.0/24
 overlay_pool=10.240.0.0/16
 # Images built from docker-compose.yml that the stack runs (swarm/stack.py's services).
 images=(postgres pgbouncer redis app proxy loadtest)
@@ -104,29 +105,34 @@ load_images() {
 
 # --- nodes and the swarm ------------------------------------------------------------------
 
+# The nodes, their containers and their addresses, one a line: what the tests read.
+# Fixed addresses: a node stopped and started again (the tests do) comes back as the
+# same swarm member, and clients find its proxy where it was.
+write_node_list() {
+  local node
+  for node in $(node_names); do
+    echo "$node $(container "$node") $node_subnet_prefix.$((10 + ${node#node}))"
+  done >"$state/nodes"
+}
+
 start_nodes() {
   docker network create --subnet "$node_subnet" --label "chat-swarm=$prefix" "$node_network" >/dev/null
-  local node shared
-  : >"$state/nodes"
-  for node in $(node_names); do
+  local node name address shared
+  while read -r node name address; do
     # node1 sees the project (the config files) and the state (secrets, the stack file,
     # results) at the same paths as here: its docker CLI reads what the stack file names.
     shared=()
     [[ $node != node1 ]] || shared=(--volume "$project:$project:ro" --volume "$state:$state")
     # Not --privileged: the sandbox's bounding set lacks CAP_SYS_RESOURCE, so everything
     # else instead (measured, shared/containers.md).
-    docker run --detach --name "$(container "$node")" --hostname "$node" --label "chat-swarm=$prefix" \
-      --network "$node_network" \
+    docker run --detach --name "$name" --hostname "$node" --label "chat-swarm=$prefix" \
+      --network "$node_network" --ip "$address" \
       --cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined \
       --security-opt apparmor=unconfined --security-opt systempaths=unconfined \
       --device-cgroup-rule 'a *:* rwm' --volume /sys/fs/cgroup:/sys/fs/cgroup:rw \
       --volume /lib/modules:/lib/modules:ro \
       "${shared[@]}" "$node_image" >/dev/null
-    local address
-    address=$(docker inspect --format "{{(index .NetworkSettings.Networks \"$node_network\").IPAddress}}" \
-      "$(container "$node")")
-    echo "$node $(container "$node") $address" >>"$state/nodes"
-  done
+  done <"$state/nodes"
   for node in $(node_names); do
     wait_for 60 "the engine inside $node did not answer" on "$node" version
   done
@@ -169,9 +175,10 @@ make_secrets() {
 up() {
   [[ ! -e $state/nodes ]] || die "$state/nodes exists: a swarm is up (or was not taken down): \`$0 down\`"
   mkdir --mode=0700 "$state"  # its parent is /run (or yours): the secrets go in here
-  start_nodes
+  write_node_list
   write_compose_env
   build_images
+  start_nodes
   load_images
   form_swarm
   make_secrets

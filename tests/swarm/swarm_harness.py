@@ -195,6 +195,8 @@ class PoolSampler:
             '--command="SHOW POOLS" || true; done; sleep 1; done'
         )
         self.name = f"pool-sampler-{uuid.uuid4().hex[:6]}"
+        # A file, not a pipe: nobody reads until the end, and a full pipe would stall it.
+        self.log = self.swarm.results / f"{self.name}.txt"
         argv = [
             "docker", "exec", self.swarm.node("node1").container,
             "docker", "run", "--rm", "--name", self.name, "--network", f"{STACK}_monitoring",
@@ -202,13 +204,14 @@ class PoolSampler:
             "--volume", f"{self.swarm.state}/secrets/monitor:/run/secrets/monitor:ro", "--entrypoint", "sh",
             self.swarm.compose["services"]["pgbouncer"]["image"], "-c", script,
         ]  # fmt: skip
-        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
         return self
 
     def __exit__(self, *_exc) -> None:
         self.swarm.manager("rm", "--force", self.name, check=False)
-        output, _ = self.process.communicate(timeout=30)
-        for block in output.split("#sample ")[1:]:
+        self.process.wait(timeout=30)
+        for block in self.log.read_text().split("#sample ")[1:]:
             header, _, table = block.partition("\n")
             service, at = header.split()
             for row in csv.DictReader(io.StringIO(table)):
@@ -327,17 +330,19 @@ class LoadRun:
             "--users", str(users), "--duration", f"{hold_s:g}", "--results", "/results",
             "--expect-workers", str(workers),
         ]  # fmt: skip
-        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # A file, not a pipe: read at the end, and a full pipe would stall Locust meanwhile.
+        self.log = self.results / "master.txt"
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         self.timeout = users / 25 + hold_s + 300  # ramp at Locust's spawn rate, the run, slack
 
     def summary(self) -> dict:
         """Waits for the run; its summary.json. prove's own exit status is not the verdict
         here: its bound is one PgBouncer's pool, and the per-node topology has several."""
-        output, _ = self.process.communicate(timeout=self.timeout)
+        self.process.wait(timeout=self.timeout)
         path = self.results / self.results.name / "summary.json"
-        assert path.exists(), (
-            f"the load run wrote no summary (exit {self.process.returncode}):\n{output[-4000:]}"
-        )
+        tail = self.log.read_text()[-4000:]
+        assert path.exists(), f"the load run wrote no summary (exit {self.process.returncode}):\n{tail}"
         return json.loads(path.read_text())
 
 

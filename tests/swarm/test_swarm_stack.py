@@ -112,6 +112,11 @@ def test_server_connections_grow_with_app_nodes_not_users(swarm: Swarm):
             swarm.manager(
                 "service", "scale", "--detach=false", f"{service}={replicas}", timeout=UPDATE_TIMEOUT_S
             )
+            # From zero: a PgBouncer keeps idle server connections up to server_idle_timeout
+            # (10 min), which would count an earlier run's pools against this one.
+            for pgbouncer in swarm.pgbouncer_services():
+                force_update(swarm, pgbouncer)
+            swarm.wait_converged()
             summary = swarm.start_load(f"scale-{replicas}", LOAD_USERS, LOAD_HOLD_S / 2).summary()
             in_use = len(set(swarm.running_tasks("app"))) if swarm.topology == "per-node" else 1
             assert summary["failures"] == 0, summary["errors"]
@@ -133,13 +138,12 @@ def test_server_connections_grow_with_app_nodes_not_users(swarm: Swarm):
 
 
 def test_a_rolling_deploy_drains_every_replica_and_loses_nothing(swarm: Swarm):
-    load = swarm.start_load("rolling-deploy", LOAD_USERS, LOAD_HOLD_S * 2)
+    # Long enough for three replicas, each drained, replaced, then followed by the delay.
+    load = swarm.start_load("rolling-deploy", LOAD_USERS, LOAD_HOLD_S * 3)
     with Chatters(swarm) as chatters:
         time.sleep(10)  # every chatter connected, Locust at full load
         started = time.monotonic()
-        swarm.manager(
-            "service", "update", "--detach=false", "--force", f"{STACK}_app", timeout=UPDATE_TIMEOUT_S
-        )
+        force_update(swarm, "app")
         deploy_s = time.monotonic() - started
         recovered = recovery_seconds(swarm, chatters.room, time.monotonic(), swarm.proxy_urls())
     outcome, summary = chatters.outcome(), load.summary()
@@ -219,9 +223,7 @@ def test_restarting_one_pgbouncer_is_noticed_only_where_it_serves(swarm: Swarm):
         time.sleep(10)
         before = swarm.app_errors_by_node()
         started = time.monotonic()
-        swarm.manager(
-            "service", "update", "--detach=false", "--force", f"{STACK}_{restarted}", timeout=UPDATE_TIMEOUT_S
-        )
+        force_update(swarm, restarted)
         recovered = recovery_seconds(swarm, chatters.room, started, swarm.proxy_urls())
         time.sleep(5)
         after = swarm.app_errors_by_node()
@@ -273,13 +275,20 @@ def wait_for_app_replicas(swarm: Swarm, away_from: str) -> float:
     return wait_until(moved, RECOVERY_LIMIT_S * 2, f"{wanted} app replicas away from {away_from}")
 
 
+def force_update(swarm: Swarm, service: str) -> None:
+    """Every task of the service replaced under its update_config; returns once that is done."""
+    swarm.manager(
+        "service", "update", "--detach=false", "--force", f"{STACK}_{service}", timeout=UPDATE_TIMEOUT_S
+    )
+
+
 def node_states(swarm: Swarm) -> list[str]:
     return swarm.manager("node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout.splitlines()
 
 
 def rebalance(swarm: Swarm) -> None:
     """Swarm never moves a running task back to a node that returns: a rolling update does."""
-    swarm.manager("service", "update", "--detach=false", "--force", f"{STACK}_app", timeout=UPDATE_TIMEOUT_S)
+    force_update(swarm, "app")
     swarm.wait_converged()
     assert swarm.running_tasks("app") == sorted(node.name for node in swarm.nodes)
 
