@@ -322,6 +322,7 @@ class LoadRun:
             "--user", service["user"], "--read-only", "--cap-drop", "ALL",
             *(option for cap in service["cap_add"] for option in ("--cap-add", cap)),
             *(option for path in service["tmpfs"] for option in ("--tmpfs", path)),
+            "--ulimit", "nofile={soft}:{hard}".format(**service["ulimits"]["nofile"]),
             "--volume", f"{swarm.state}/secrets:/run/secrets-source:ro",
             "--volume", f"{self.results}:/results",
             *(option for item in environment.items() for option in ("--env", "=".join(item))),
