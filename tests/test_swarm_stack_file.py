@@ -33,8 +33,11 @@ NOT_FOR_SWARM = {
     "profiles",
     "network_mode",
 }
-# Compose v2 as compose/engine.sh fetches it, where no `docker compose` is installed.
-ENGINE_COMPOSE_CONFIG = Path("/var/cache/chat-compose/compose-v2/docker-config")
+# Compose v2 as compose/engine.sh fetches it (the Compose tests do), where no
+# `docker compose` is installed.
+ENGINE_COMPOSE_CONFIG = (
+    Path(os.environ.get("CHAT_ENGINE_CACHE", "/var/cache/chat-compose")) / "compose-v2/docker-config"
+)
 
 
 def run(argv, **options) -> subprocess.CompletedProcess:
