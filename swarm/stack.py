@@ -101,6 +101,9 @@ APP_UPDATE = {
     "monitor": "30s",
     "max_failure_ratio": 0,
 }
+# Rolling back goes the same way; a rollback that fails cannot roll back in turn: it
+# pauses, for an operator.
+APP_ROLLBACK = {**APP_UPDATE, "failure_action": "pause"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +196,7 @@ def swarm_stack(
             "replicas": len(nodes),
             "placement": {"constraints": [APP_NODE]},
             "update_config": APP_UPDATE,
-            "rollback_config": APP_UPDATE,
+            "rollback_config": APP_ROLLBACK,
             "restart_policy": RESTART_ALWAYS,
         },
         environment=app_environment,
