@@ -91,6 +91,7 @@ class Chatter(threading.Thread):
         self.socket_options = socket_options or {}  # ChatSocket's, e.g. sslopt for a private CA
         self.outbox: dict[str, str] = {}  # client_id -> text, in the order written
         self.attempts = 0
+        self.acknowledged = threading.Event()  # set at this chatter's first ack: it is writing
 
     def run(self) -> None:
         give_up_at = None
@@ -165,6 +166,7 @@ class Chatter(threading.Thread):
         if reply["type"] == "ack":
             self.ledger.ack(client_id, reply["id"], reply.get("duplicate", False))
             del self.outbox[client_id]
+            self.acknowledged.set()
             return True
         self.ledger.error(reply["code"])
         if reply["code"] not in RESEND:

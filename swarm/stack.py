@@ -269,9 +269,10 @@ def swarm_service(
     # security_opt: Swarm (the docker 26 API) has no per-service no-new-privileges; the
     # nodes' dockerd sets it for every container instead (swarm/node/Dockerfile).
     mounts = [mount for mount in source.get("volumes", []) if mount.get("source") != "secrets"]
-    # Swarm ignores `tmpfs:` and its uid/mode options: a tmpfs mount has mode 1777, so the
-    # image's unprivileged user can still write its run directory (and nobody else is in
-    # the container to share it with).
+    # Swarm ignores `tmpfs:`, and its tmpfs mounts can have no owner (nor a mode, in the
+    # docker 26 CLI's stack loader): root owns them, with the mode of the directory they
+    # cover, which the images make 1777 for this; the service's user can write its run
+    # directory, and nobody else is in the container to share it with.
     mounts += [{"type": "tmpfs", "target": entry.split(":", 1)[0]} for entry in source.get("tmpfs", [])]
     if "shm_size" in source:  # ignored by Swarm: PostgreSQL's parallel queries use /dev/shm
         shm = {"size": shm_bytes(source["shm_size"])}

@@ -124,13 +124,14 @@ start_nodes() {
     shared=()
     [[ $node != node1 ]] || shared=(--volume "$project:$project:ro" --volume "$state:$state")
     # Not --privileged: the sandbox's bounding set lacks CAP_SYS_RESOURCE, so everything
-    # else instead (measured, shared/containers.md).
+    # else instead (measured, shared/containers.md). /run a tmpfs: a node killed and
+    # started again (the tests do) must not find its engine's old pid file there.
     docker run --detach --name "$name" --hostname "$node" --label "chat-swarm=$prefix" \
       --network "$node_network" --ip "$address" \
       --cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined \
       --security-opt apparmor=unconfined --security-opt systempaths=unconfined \
       --device-cgroup-rule 'a *:* rwm' --volume /sys/fs/cgroup:/sys/fs/cgroup:rw \
-      --volume /lib/modules:/lib/modules:ro \
+      --volume /lib/modules:/lib/modules:ro --tmpfs /run \
       "${shared[@]}" "$node_image" >/dev/null
   done <"$state/nodes"
   for node in $(node_names); do

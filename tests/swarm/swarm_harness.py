@@ -42,6 +42,7 @@ PROXY_PORT = 8443
 METRICS_PORT = 9100  # the app's metrics (APP_METRICS_PORT): per task, never proxied
 DEPLOY_TIMEOUT_S = 420
 RECOVERY_LIMIT_S = 60.0  # from a fault's end until every node's proxy acknowledges a message again
+CHATTERS_WRITING_WITHIN_S = 30.0  # from their start until each chatter's first ack
 
 
 def run(argv, *, timeout: float, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
@@ -258,8 +259,16 @@ class Chatters:
         ]  # fmt: skip
 
     def __enter__(self) -> "Chatters":
+        """Returns once every chatter has had a message acknowledged: all of them are writing."""
         for thread in self.threads:
             thread.start()
+        deadline = time.monotonic() + CHATTERS_WRITING_WITHIN_S
+        for thread in self.threads:
+            if not thread.acknowledged.wait(max(0.0, deadline - time.monotonic())):
+                self.__exit__()
+                raise AssertionError(
+                    f"{thread.name} had no message acknowledged within {CHATTERS_WRITING_WITHIN_S:g}s"
+                )
         return self
 
     def __exit__(self, *_exc) -> None:
@@ -294,6 +303,10 @@ def recovery_seconds(swarm: Swarm, room: str, since: float, urls: list[str]) -> 
                 pass
         time.sleep(0.5)
     return round(time.monotonic() - since, 1) if not pending else float("inf")
+
+
+# prove's progress line once the ramp is over: "  NAME   11s load  users 150/150  ...".
+FULL_LOAD = re.compile(r"^\s+\S+\s+\d+s load\s+users (\d+)/\1\b", re.M)
 
 
 class LoadRun:
@@ -336,6 +349,17 @@ class LoadRun:
         with self.log.open("w") as out:
             self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         self.timeout = users / 25 + hold_s + 300  # ramp at Locust's spawn rate, the run, slack
+
+    def wait_until_at_full_load(self) -> None:
+        """Returns once every user runs (the master's progress line says `load`, so every worker
+        is there): a fault before that would meet a half-started run, or a master still
+        waiting for a worker the fault takes away."""
+        deadline = time.monotonic() + self.timeout
+        while not FULL_LOAD.search(self.log.read_text()):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = self.log.read_text()[-4000:]
+                raise AssertionError(f"the load run {self.results.name} never reached full load:\n{tail}")
+            time.sleep(0.5)
 
     def summary(self) -> dict:
         """Waits for the run; its summary.json. prove's own exit status is not the verdict
