@@ -14,10 +14,18 @@ import pytest
 from swarm_harness import PROJECT, Swarm
 
 from swarm.budget import TOPOLOGIES
+from swarm.figures import read, tables
 
 # What the tests keep for a reader: each load run's summary and samples, and the figures
 # (README: the multi-host section).
 RESULTS = PROJECT / "results" / "swarm-test"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The figures of this session's runs as tables, for the README (swarm/figures.py)."""
+    rows = read(RESULTS) if os.environ.get("SWARM_STATE") else []
+    if rows:
+        (RESULTS / "figures.md").write_text(tables(rows))
 
 
 def pytest_collection_modifyitems(config, items):
