@@ -3,6 +3,10 @@
 RESULTS is results/swarm-test: one folder per PgBouncer topology, each with the
 figures.jsonl its tests wrote (tests/swarm). The swarm tests write the tables to
 RESULTS/figures.md at the end of their session; the README quotes that file.
+
+A fault lasted: the rolling deploy until every replica was replaced, a drained or
+stopped node until its app replica ran elsewhere. Recovery: from the fault's start (the
+deploy's end) until a new client's message was acknowledged through every node's proxy.
 """
 
 import json
@@ -47,7 +51,7 @@ def tables(rows: list[dict]) -> str:
     out += [
         "",
         "| topology | fault | messages sent | acknowledged | lost "
-        "| replica moved s | recovery s | clients saw |",
+        "| fault lasted s | recovery s | clients saw |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in faults:
@@ -57,7 +61,7 @@ def tables(rows: list[dict]) -> str:
             saw += f"; app errors on {', '.join(row['noticed_on']) or 'no node'}"
         out.append(
             f"| {row['topology']} | {row['run']} | {row['sent']} | {row['acknowledged']} | {row['lost']} "
-            f"| {row.get('replica_moved_s', '')} | {row['recovery_s']} "
+            f"| {row.get('deploy_s', row.get('replica_moved_s', ''))} | {row['recovery_s']} "
             f"| {saw} |"
         )
     return "\n".join(out) + "\n"
