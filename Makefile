@@ -87,7 +87,7 @@ compose-test: venv ## only the Docker Compose end-to-end test (installs Docker, 
 	COMPOSE_TEST=1 $(PY) -m pytest -m compose tests/compose
 
 .PHONY: swarm-test
-swarm-test: venv ## the stack on a three-node Docker Swarm (Docker-in-Docker nodes): both PgBouncer topologies, faults under load (~20 min)
+swarm-test: venv ## the stack on a three-node Docker Swarm (Docker-in-Docker nodes): both PgBouncer topologies, faults under load (~30 min)
 	swarm/swarm.sh run $(PY) -m pytest -m swarm tests/swarm
 
 .PHONY: lint
