@@ -289,18 +289,25 @@ class PeakWatcher(threading.Thread):
         self.monitor.close()
 
 
+def message_acknowledged(base_url: str, room: str, **socket_options) -> bool:
+    """Whether a new client, connecting now, has a message acknowledged: the probe every
+    recovery time here (and in the swarm tests) is measured with."""
+    try:
+        socket = ChatSocket(base_url, room, "probe", timeout=REPLY_TIMEOUT_S, **socket_options)
+        try:
+            return socket.ready["type"] == "ready" and socket.post("probe", uuid.uuid4().hex)["type"] == "ack"
+        finally:
+            socket.close()
+    except (OSError, websocket.WebSocketException, ValueError):
+        return False
+
+
 def recovery_seconds(stack: Stack, room: str, since: float) -> float:
     """Seconds from `since` (the fault's end) until a new client's message is acknowledged."""
     deadline = since + RECOVERY_LIMIT_S * 2
     while time.monotonic() < deadline:
-        try:
-            socket = ChatSocket(stack.app_url, room, "probe", timeout=REPLY_TIMEOUT_S)
-            ok = socket.ready["type"] == "ready" and socket.post("probe", uuid.uuid4().hex)["type"] == "ack"
-            socket.close()
-            if ok:
-                return round(time.monotonic() - since, 2)
-        except (OSError, websocket.WebSocketException, ValueError):
-            pass
+        if message_acknowledged(stack.app_url, room):
+            return round(time.monotonic() - since, 2)
         time.sleep(0.2)
     return float("inf")
 

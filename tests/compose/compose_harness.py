@@ -17,13 +17,14 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
+
+from command import run
 
 from probes.chat import ChatHttp, ChatSocket
 
@@ -52,25 +53,6 @@ RESULTS = PROJECT / "results" / "compose-test"
 BUILD_TIMEOUT_S = 1200
 UP_TIMEOUT_S = 240
 TIMINGS: dict[str, float] = {}
-
-
-def run(argv, *, timeout: float, env: dict | None = None, check: bool = True, input: str | None = None):
-    """A command with a time limit; its output is returned, and shown when it fails."""
-    result = subprocess.run(
-        [str(arg) for arg in argv],
-        env=env,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=None if input is not None else subprocess.DEVNULL,
-    )
-    if check and result.returncode:
-        raise AssertionError(
-            f"{' '.join(map(str, argv))} exited {result.returncode}\n"
-            f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
-        )
-    return result
 
 
 @dataclass
