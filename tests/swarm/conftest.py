@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from swarm_harness import PROJECT, Swarm
 
-from swarm.budget import TOPOLOGIES
+from swarm.budget import SHIPPED_TOPOLOGY, TOPOLOGIES
 from swarm.figures import read, tables
 
 # What the tests keep for a reader: each load run's summary and samples, and the figures
@@ -28,13 +28,34 @@ def pytest_sessionfinish(session, exitstatus):
         (RESULTS / "figures.md").write_text(tables(rows))
 
 
+def selected_topologies() -> list[str]:
+    """SWARM_TOPOLOGIES (`make swarm-test SWARM_TOPOLOGIES="per-node central"`), or the shipped
+    one: CI tests what the repository recommends; both side by side are the comparison that
+    chose it (swarm/README.md)."""
+    names = os.environ.get("SWARM_TOPOLOGIES", "").split() or [SHIPPED_TOPOLOGY]
+    unknown = sorted(set(names) - set(TOPOLOGIES))
+    if unknown:
+        raise pytest.UsageError(f"SWARM_TOPOLOGIES: unknown {unknown}; choose from {list(TOPOLOGIES)}")
+    return names
+
+
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("SWARM_STATE"):
+    if not os.environ.get("SWARM_STATE"):
+        reason = "the three-node swarm: runs under `make swarm-test` (swarm/swarm.sh run)"
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if "swarm" in item.keywords:
+                item.add_marker(skip)
         return
-    skip = pytest.mark.skip(reason="the three-node swarm: runs under `make swarm-test` (swarm/swarm.sh run)")
+    topologies = selected_topologies()
+    kept, left = [], []
     for item in items:
-        if "swarm" in item.keywords:
-            item.add_marker(skip)
+        callspec = getattr(item, "callspec", None)
+        topology = callspec.params.get("swarm") if callspec else None
+        (left if topology and topology not in topologies else kept).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
 
 
 @pytest.fixture(scope="module", params=TOPOLOGIES)

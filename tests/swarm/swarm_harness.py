@@ -28,11 +28,12 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-import websocket
+from command import run
 
-from loadtest.faults import REPLY_TIMEOUT_S, Chatter, Ledger, ledger_outcome
-from probes.chat import ChatHttp, ChatSocket
+from loadtest.faults import Chatter, Ledger, ledger_outcome, message_acknowledged
+from probes.chat import ChatHttp
 from swarm.budget import Budget, budget
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -45,24 +46,16 @@ RECOVERY_LIMIT_S = 60.0  # from a fault's end until every node's proxy acknowled
 CHATTERS_WRITING_WITHIN_S = 30.0  # from their start until each chatter's first ack
 
 
-def run(argv, *, timeout: float, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    """A command with a time limit; its output is returned, and shown when it fails."""
-    result = subprocess.run(
-        [str(arg) for arg in argv], input=input, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and result.returncode:
-        raise AssertionError(
-            f"{' '.join(map(str, argv))} exited {result.returncode}\n"
-            f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
-        )
-    return result
-
-
 @dataclass(frozen=True)
 class Node:
     name: str  # its host name in the swarm: node1, node2, node3
     container: str  # its container on the private engine
     address: str  # on the nodes' network, which this host reaches
+
+
+class Task(NamedTuple):
+    id: str
+    node: str
 
 
 class Swarm:
@@ -95,13 +88,18 @@ class Swarm:
 
     # --- what runs where --------------------------------------------------------------------
 
-    def running_tasks(self, service: str) -> list[str]:
-        """The nodes of the service's running tasks, one entry per task."""
+    def tasks_running(self, service: str, *, stopping_too: bool = False) -> list[Task]:
+        """The service's tasks whose container runs now; ``stopping_too`` counts those told
+        to stop whose container has not stopped yet (an update's old task)."""
+        wanted = [] if stopping_too else ["--filter", "desired-state=running"]
         out = self.manager(
-            "service", "ps", "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}}",
-            f"{STACK}_{service}",
-        ).stdout  # fmt: skip
-        return sorted(line.split()[0] for line in out.splitlines() if " Running " in f" {line} ")
+            "service", "ps", *wanted, "--format", "{{.ID}} {{.Node}} {{.CurrentState}}", f"{STACK}_{service}"
+        ).stdout
+        return [Task(*line.split()[:2]) for line in out.splitlines() if line.split()[2:3] == ["Running"]]
+
+    def nodes_running(self, service: str) -> list[str]:
+        """The nodes of the service's running tasks, one entry per task."""
+        return sorted(task.node for task in self.tasks_running(service))
 
     def container(self, service: str, node: str) -> str:
         """The id of the service's running container on that node."""
@@ -146,7 +144,7 @@ class Swarm:
         """chat_errors_total by code, per node, added up over its app tasks' metrics."""
         fetch = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics').read().decode())"
         errors: dict[str, Counter] = {}
-        for node in set(self.running_tasks("app")):
+        for node in set(self.nodes_running("app")):
             counts = errors.setdefault(node, Counter())
             for container in self.docker(
                 node, "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={STACK}_app"
@@ -160,9 +158,9 @@ class Swarm:
 
     # --- clients ----------------------------------------------------------------------------
 
-    def proxy_urls(self, nodes: list[str] | None = None) -> list[str]:
-        """Each node's proxy (all nodes', or those named)."""
-        return [f"https://{n.address}:{PROXY_PORT}" for n in self.nodes if nodes is None or n.name in nodes]
+    def proxy_urls(self, but: str | None = None) -> list[str]:
+        """Each node's proxy (but that node's)."""
+        return [f"https://{n.address}:{PROXY_PORT}" for n in self.nodes if n.name != but]
 
     def record(self, figures: dict) -> None:
         """A line of figures for the README (results/swarm-test/TOPOLOGY/figures.jsonl)."""
@@ -171,6 +169,10 @@ class Swarm:
 
     def ca_file(self) -> str:
         return str(self.state / "secrets" / "store" / "ca.crt")
+
+    def sslopt(self) -> dict:
+        """websocket-client's TLS options for the nodes' proxies."""
+        return {"ca_certs": self.ca_file()}
 
     def start_load(self, name: str, users: int, hold_s: float) -> "LoadRun":
         return LoadRun(self, name, users, hold_s)
@@ -235,8 +237,8 @@ class PoolSampler:
 class NodeChatter(Chatter):
     """A chatter who (re)connects through the next node's proxy each time."""
 
-    def __init__(self, urls: list[str], ca_file: str, *args, **kwargs):
-        super().__init__(urls[0], *args, socket_options={"sslopt": {"ca_certs": ca_file}}, **kwargs)
+    def __init__(self, urls: list[str], sslopt: dict, *args, **kwargs):
+        super().__init__(urls[0], *args, socket_options={"sslopt": sslopt}, **kwargs)
         self.urls = itertools.cycle(urls)
 
     def _connect(self):
@@ -253,7 +255,7 @@ class Chatters:
         self.room = f"swarm-{uuid.uuid4().hex[:8]}"
         http.ensure_room(self.room)
         self.threads = [
-            NodeChatter(swarm.proxy_urls()[n:] + swarm.proxy_urls()[:n], swarm.ca_file(), self.room,
+            NodeChatter(swarm.proxy_urls()[n:] + swarm.proxy_urls()[:n], swarm.sslopt(), self.room,
                         f"chatter{n}", self.ledger, self.stop, pace)
             for n in range(clients)
         ]  # fmt: skip
@@ -288,19 +290,7 @@ def recovery_seconds(swarm: Swarm, room: str, since: float, urls: list[str]) -> 
     deadline = since + RECOVERY_LIMIT_S
     pending = set(urls)
     while pending and time.monotonic() < deadline:
-        for url in sorted(pending):
-            try:
-                socket = ChatSocket(
-                    url, room, "probe", timeout=REPLY_TIMEOUT_S, sslopt={"ca_certs": swarm.ca_file()}
-                )
-                if (
-                    socket.ready["type"] == "ready"
-                    and socket.post("probe", uuid.uuid4().hex)["type"] == "ack"
-                ):
-                    pending.discard(url)
-                socket.close()
-            except (OSError, ValueError, websocket.WebSocketException):
-                pass
+        pending = {url for url in pending if not message_acknowledged(url, room, sslopt=swarm.sslopt())}
         time.sleep(0.5)
     return round(time.monotonic() - since, 1) if not pending else float("inf")
 
@@ -326,7 +316,15 @@ class LoadRun:
             # start). Per node, PoolSampler reads every console; PostgreSQL's count, the
             # sum the gate holds, comes from the monitor either way.
             del environment["MONITOR_PGBOUNCER_DSN"], environment["MONITOR_PGBOUNCER_PASSWORD_FILE"]
-        workers = len(swarm.running_tasks("locust-worker"))
+        # Fresh workers for every master. A master sends its workers `quit` as it exits, and
+        # only node1's (its own engine's) act on it: the others keep their connection to an
+        # address that no longer answers, and reconnect only once Locust's 60 s master
+        # heartbeat timeout has ended them. Restarted first, they find the next master at once.
+        swarm.manager(
+            "service", "update", "--force", "--detach=false", "--update-parallelism=0",
+            f"{STACK}_locust-worker", timeout=DEPLOY_TIMEOUT_S,
+        )  # fmt: skip
+        workers = len(swarm.nodes_running("locust-worker"))
         argv = [
             "docker", "exec", swarm.node("node1").container, "docker", "run", "--rm",
             "--name", f"locust-master-{name}",

@@ -1,13 +1,13 @@
 """The stack across three swarm nodes, under load: placement, the connection budget, and faults.
 
-Each test runs once per PgBouncer topology (conftest.py: per-node, central). While a
-fault happens, chatters write through every node's proxy and Locust's workers drive
-every app replica; afterwards every message written is looked up in PostgreSQL
-(loadtest/faults.py's ledger) and the app role's server connections are held to the
-topology's budget (swarm/budget.py). Faults: a rolling deploy of the app, a drained
-node, a worker node stopped outright, one PgBouncer restarted.
-
-Written against the stack's real behaviour but not yet run: see swarm/README.md.
+Each test runs in the shipped PgBouncer topology (swarm/budget.py), and in the others named
+by SWARM_TOPOLOGIES (conftest.py). While a fault happens, chatters write through every
+node's proxy and Locust's workers drive every app replica; afterwards every message
+written is looked up in PostgreSQL (loadtest/faults.py's ledger) and the app role's
+server connections are held to the topology's budget (swarm/budget.py). Faults, in this
+order: a drained node, a worker node stopped outright (each leaves its replica where it
+moved), a rolling deploy of the app (which spreads the replicas again), one PgBouncer
+restarted.
 """
 
 import time
@@ -31,17 +31,18 @@ from swarm.budget import SHIPPED_TOPOLOGY
 pytestmark = [pytest.mark.swarm, pytest.mark.timeout(1800)]
 
 # The faults run in the shipped topology only: what a node lost or a deploy does to the app
-# does not depend on where PgBouncer runs, and each costs minutes. Both topologies run
-# placement, the budget, the growth with nodes and the PgBouncer restart, where they differ.
+# does not depend on where PgBouncer runs, and each costs minutes. Every topology tested runs
+# placement, the budget (per node, its growth with nodes) and the PgBouncer restart, where
+# they differ.
 shipped_topology_only = pytest.mark.parametrize("swarm", [SHIPPED_TOPOLOGY], indirect=True)
 
 LOAD_USERS = 150
-LOAD_HOLD_S = 45.0
+LOAD_HOLD_S = 30.0
 # Load through a fault: a drain or a lost node is over (its replica moved, every proxy
 # answering) within about 20 s of its start; a rolling deploy of three replicas takes
 # about 90 s (10 s between them, each drained and replaced).
-FAULT_HOLD_S = 60.0
-DEPLOY_HOLD_S = 135.0
+FAULT_HOLD_S = 45.0
+DEPLOY_HOLD_S = 110.0
 # What a client of a replica that stops may see, and nothing else: its socket closed
 # with 1001 (graceful_daphne's drain), a message refused as going_away while the
 # server drains (sent again after reconnecting).
@@ -61,16 +62,16 @@ UPDATE_TIMEOUT_S = 600
 
 def test_every_service_runs_where_its_labels_put_it(swarm: Swarm):
     nodes = sorted(node.name for node in swarm.nodes)
-    assert swarm.running_tasks("postgres") == ["node1"]  # chat.database
-    assert swarm.running_tasks("redis") == ["node1"]
-    assert swarm.running_tasks("app") == nodes  # one replica per app node
-    assert swarm.running_tasks("proxy") == nodes
-    assert swarm.running_tasks("locust-worker") == nodes
+    assert swarm.nodes_running("postgres") == ["node1"]  # chat.database
+    assert swarm.nodes_running("redis") == ["node1"]
+    assert swarm.nodes_running("app") == nodes  # one replica per app node
+    assert swarm.nodes_running("proxy") == nodes
+    assert swarm.nodes_running("locust-worker") == nodes
     if swarm.topology == "per-node":
         for node in nodes:
-            assert swarm.running_tasks(f"pgbouncer-{node}") == [node]
+            assert swarm.nodes_running(f"pgbouncer-{node}") == [node]
     else:
-        assert swarm.running_tasks("pgbouncer") == ["node1"]
+        assert swarm.nodes_running("pgbouncer") == ["node1"]
     applied = swarm.psql("SELECT count(*) AS n FROM django_migrations WHERE app = 'chat'")
     assert int(applied[0]["n"]) >= 1  # the migrate job ran to completion
 
@@ -98,23 +99,24 @@ def test_the_browser_path_answers_on_every_node(swarm: Swarm):
 
 
 def test_server_connections_grow_with_app_nodes_never_with_users_within_the_budget(swarm: Swarm):
-    """The app scaled from 1 to 3 replicas (one per node), the same users each time:
-    PostgreSQL's count may grow by one pool per PgBouncer in use, never with the users.
-    On all three nodes, every PgBouncer's pool is sampled too: each served, each within its pool."""
-    service = f"{STACK}_app"
+    """The same users on every app node, and per node also on 1 and 2 of them first (one
+    replica per node): PostgreSQL's count may grow by one pool per PgBouncer in use, never
+    with the users. A central PgBouncer is one pool whatever the nodes, so there the steps
+    below three would only repeat the bound. On all three nodes, every PgBouncer's pool is
+    sampled too: each served, each within its pool."""
     nodes = len(swarm.nodes)
+    steps = range(1, nodes + 1) if swarm.topology == "per-node" else [nodes]
     try:
-        for replicas in range(1, nodes + 1):
-            swarm.manager(
-                "service", "scale", "--detach=false", f"{service}={replicas}", timeout=UPDATE_TIMEOUT_S
-            )
-            # From zero: a PgBouncer keeps idle server connections up to server_idle_timeout
-            # (10 min), which would count an earlier run's pools against this one.
-            restart(swarm, *swarm.pgbouncer_services())
+        for replicas in steps:
+            scale_app(swarm, replicas)
+            if swarm.topology == "per-node":
+                # From zero: a PgBouncer keeps idle server connections up to server_idle_timeout
+                # (10 min), which would count an earlier step's pools against this one's bound.
+                restart(swarm, *swarm.pgbouncer_services())
             with PoolSampler(swarm) as pools:
                 hold_s = LOAD_HOLD_S if replicas == nodes else LOAD_HOLD_S / 2
                 summary = swarm.start_load(f"scale-{replicas}", LOAD_USERS, hold_s).summary()
-            in_use = len(set(swarm.running_tasks("app"))) if swarm.topology == "per-node" else 1
+            in_use = len(set(swarm.nodes_running("app"))) if swarm.topology == "per-node" else 1
             bound = in_use * swarm.budget.app_role_per_pgbouncer
             assert summary["failures"] == 0, summary["errors"]
             assert summary["server_connections_peak"] <= bound, swarm.budget.formula()
@@ -142,14 +144,74 @@ def test_server_connections_grow_with_app_nodes_never_with_users_within_the_budg
             }
         )
     finally:
-        swarm.manager(
-            "service", "scale", "--detach=false", f"{service}={len(swarm.nodes)}", timeout=UPDATE_TIMEOUT_S
-        )
+        scale_app(swarm, nodes)
+
+
+@shipped_topology_only
+def test_a_drained_node_hands_its_replica_over_and_loses_nothing(swarm: Swarm):
+    node = worker_with_an_app_replica(swarm)
+    load = swarm.start_load("drain", LOAD_USERS, FAULT_HOLD_S)
+    try:
+        load.wait_until_at_full_load()
+        with Chatters(swarm) as chatters:
+            started = time.monotonic()
+            swarm.manager("node", "update", "--availability", "drain", node)
+            moved_s = wait_for_app_replicas(swarm, away_from=node)
+            recovered = recovery_seconds(swarm, chatters.room, started, swarm.proxy_urls(but=node))
+        outcome, summary = chatters.outcome(), load.summary()
+    finally:
+        # Its replica stays where it went (Swarm does not rebalance): the rolling deploy does.
+        swarm.manager("node", "update", "--availability", "active", node)
         swarm.wait_converged()
+    assert_nothing_lost(outcome)
+    assert set(outcome["close_codes"]) <= {"1001", "1006"}, outcome["close_codes"]
+    assert unexpected_load_errors(summary, DRAIN + PROXY_GONE) == []
+    assert summary["server_connections_peak"] <= swarm.budget.app_role_bound
+    assert recovered < RECOVERY_LIMIT_S
+    swarm.record(
+        {"run": f"{node} drained", "replica_moved_s": moved_s, "recovery_s": recovered, **tally(outcome)}
+    )
+
+
+@shipped_topology_only
+def test_a_stopped_worker_node_loses_nothing_acknowledged(swarm: Swarm):
+    node = worker_with_an_app_replica(swarm)
+    load = swarm.start_load("node-stopped", LOAD_USERS, FAULT_HOLD_S)
+    try:
+        load.wait_until_at_full_load()
+        with Chatters(swarm) as chatters:
+            started = time.monotonic()
+            # Stopped outright: SIGKILL to the node's engine and everything it runs.
+            run(["docker", "kill", swarm.node(node).container], timeout=60)
+            moved_s = wait_for_app_replicas(swarm, away_from=node)
+            recovered = recovery_seconds(swarm, chatters.room, started, swarm.proxy_urls(but=node))
+        outcome, summary = chatters.outcome(), load.summary()
+    finally:
+        run(["docker", "start", swarm.node(node).container], timeout=60)
+        wait_until(lambda: f"{node} Ready" in node_states(swarm), RECOVERY_LIMIT_S * 2, f"{node} Ready again")
+        swarm.wait_converged()
+    # A message in flight to the node waited out the chatter's timeout (a hang, counted),
+    # then went again through another node: nothing acknowledged or written is lost.
+    assert_nothing_lost({**outcome, "hangs": 0})
+    assert set(outcome["close_codes"]) <= {"1001", "1006"}, outcome["close_codes"]
+    assert unexpected_load_errors(summary, DRAIN + PROXY_GONE + NODE_GONE) == []
+    assert summary["server_connections_peak"] <= swarm.budget.app_role_bound
+    assert recovered < RECOVERY_LIMIT_S
+    swarm.record(
+        {
+            "run": f"{node} stopped",
+            "replica_moved_s": moved_s,
+            "recovery_s": recovered,
+            "hangs": outcome["hangs"],
+            **tally(outcome),
+        }
+    )
 
 
 @shipped_topology_only
 def test_a_rolling_deploy_drains_every_replica_and_loses_nothing(swarm: Swarm):
+    """After the drained and the stopped node (which leave their replicas elsewhere), it also
+    spreads the replicas one per node again, as Swarm places each new task where fewest run."""
     # Long enough for three replicas, each drained, replaced, then followed by the delay.
     load = swarm.start_load("rolling-deploy", LOAD_USERS, DEPLOY_HOLD_S)
     load.wait_until_at_full_load()
@@ -164,69 +226,10 @@ def test_a_rolling_deploy_drains_every_replica_and_loses_nothing(swarm: Swarm):
     assert set(outcome["close_codes"]) == {"1001"}, outcome["close_codes"]
     assert unexpected_load_errors(summary, DRAIN) == []
     assert summary["server_connections_peak"] <= swarm.budget.app_role_bound
-    assert swarm.running_tasks("app") == sorted(node.name for node in swarm.nodes)
+    assert swarm.nodes_running("app") == sorted(node.name for node in swarm.nodes)
     assert recovered < RECOVERY_LIMIT_S
     swarm.record(
         {"run": "rolling deploy", "deploy_s": round(deploy_s, 1), "recovery_s": recovered, **tally(outcome)}
-    )
-
-
-@shipped_topology_only
-def test_a_drained_node_hands_its_replica_over_and_loses_nothing(swarm: Swarm):
-    load = swarm.start_load("drain", LOAD_USERS, FAULT_HOLD_S)
-    try:
-        load.wait_until_at_full_load()
-        with Chatters(swarm) as chatters:
-            started = time.monotonic()
-            swarm.manager("node", "update", "--availability", "drain", "node3")
-            moved_s = wait_for_app_replicas(swarm, away_from="node3")
-            recovered = recovery_seconds(swarm, chatters.room, started, swarm.proxy_urls(["node1", "node2"]))
-        outcome, summary = chatters.outcome(), load.summary()
-    finally:
-        swarm.manager("node", "update", "--availability", "active", "node3")
-        rebalance(swarm)
-    assert_nothing_lost(outcome)
-    assert set(outcome["close_codes"]) <= {"1001", "1006"}, outcome["close_codes"]
-    assert unexpected_load_errors(summary, DRAIN + PROXY_GONE) == []
-    assert summary["server_connections_peak"] <= swarm.budget.app_role_bound
-    assert recovered < RECOVERY_LIMIT_S
-    swarm.record(
-        {"run": "node3 drained", "replica_moved_s": moved_s, "recovery_s": recovered, **tally(outcome)}
-    )
-
-
-@shipped_topology_only
-def test_a_stopped_worker_node_loses_nothing_acknowledged(swarm: Swarm):
-    node3 = swarm.node("node3").container
-    load = swarm.start_load("node-stopped", LOAD_USERS, FAULT_HOLD_S)
-    try:
-        load.wait_until_at_full_load()
-        with Chatters(swarm) as chatters:
-            started = time.monotonic()
-            # Stopped outright: SIGKILL to the node's engine and everything it runs.
-            run(["docker", "kill", node3], timeout=60)
-            moved_s = wait_for_app_replicas(swarm, away_from="node3")
-            recovered = recovery_seconds(swarm, chatters.room, started, swarm.proxy_urls(["node1", "node2"]))
-        outcome, summary = chatters.outcome(), load.summary()
-    finally:
-        run(["docker", "start", node3], timeout=60)
-        wait_until(lambda: "node3 Ready" in node_states(swarm), RECOVERY_LIMIT_S * 2, "node3 Ready again")
-        rebalance(swarm)
-    # A message in flight to node3 waited out the chatter's timeout (a hang, counted),
-    # then went again through another node: nothing acknowledged or written is lost.
-    assert_nothing_lost({**outcome, "hangs": 0})
-    assert set(outcome["close_codes"]) <= {"1001", "1006"}, outcome["close_codes"]
-    assert unexpected_load_errors(summary, DRAIN + PROXY_GONE + NODE_GONE) == []
-    assert summary["server_connections_peak"] <= swarm.budget.app_role_bound
-    assert recovered < RECOVERY_LIMIT_S
-    swarm.record(
-        {
-            "run": "node3 stopped",
-            "replica_moved_s": moved_s,
-            "recovery_s": recovered,
-            "hangs": outcome["hangs"],
-            **tally(outcome),
-        }
     )
 
 
@@ -277,15 +280,29 @@ def wait_until(predicate, seconds: float, what: str) -> float:
     return round(time.monotonic() - started, 1)
 
 
+def worker_with_an_app_replica(swarm: Swarm) -> str:
+    """A node to drain or stop: one that runs an app replica, and not node1, whose database
+    is another fault (make chaos restarts PostgreSQL on one host)."""
+    return max(node for node in swarm.nodes_running("app") if node != "node1")
+
+
 def wait_for_app_replicas(swarm: Swarm, away_from: str) -> float:
     """Seconds until every app replica runs again, none on ``away_from``: the tasks moved."""
     wanted = len(swarm.nodes)
 
     def moved() -> bool:
-        tasks = swarm.running_tasks("app")
+        tasks = swarm.nodes_running("app")
         return len(tasks) == wanted and away_from not in tasks
 
     return wait_until(moved, RECOVERY_LIMIT_S * 2, f"{wanted} app replicas away from {away_from}")
+
+
+def scale_app(swarm: Swarm, replicas: int) -> None:
+    """The app at that many replicas, converged (nothing done if it is there already)."""
+    if len(swarm.nodes_running("app")) != replicas:
+        scale = f"{STACK}_app={replicas}"
+        swarm.manager("service", "scale", "--detach=false", scale, timeout=UPDATE_TIMEOUT_S)
+        swarm.wait_converged()
 
 
 def force_update(swarm: Swarm, service: str) -> None:
@@ -295,12 +312,6 @@ def force_update(swarm: Swarm, service: str) -> None:
     )
 
 
-def running_task_ids(swarm: Swarm, service: str) -> set[str]:
-    """The tasks whose container runs now (an old one stopping still does)."""
-    out = swarm.manager("service", "ps", "--format", "{{.ID}} {{.CurrentState}}", f"{STACK}_{service}").stdout
-    return {line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["Running"]}
-
-
 def node_states(swarm: Swarm) -> list[str]:
     return swarm.manager("node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout.splitlines()
 
@@ -308,27 +319,20 @@ def node_states(swarm: Swarm) -> list[str]:
 def restart(swarm: Swarm, *services: str) -> None:
     """Every task of the services replaced (forced updates, detached, all at once), and running
     healthy again: not waiting out the updates' monitor period, which only watches for a failure."""
-    old_tasks = {service: running_task_ids(swarm, service) for service in services}
+
+    def running(service: str) -> set:
+        return set(swarm.tasks_running(service, stopping_too=True))
+
+    old_tasks = {service: running(service) for service in services}
     for service in services:
         swarm.manager("service", "update", "--detach", "--force", f"{STACK}_{service}")
     for service in services:
         wait_until(
-            lambda service=service: running_task_ids(swarm, service).isdisjoint(old_tasks[service]),
+            lambda service=service: running(service).isdisjoint(old_tasks[service]),
             UPDATE_TIMEOUT_S,
             f"{service} replaced",
         )
     swarm.wait_converged()
-
-
-def rebalance(swarm: Swarm) -> None:
-    """Swarm never moves a running task back to a node that returns: a rolling update does.
-    Outside any measurement, so without the deploy's delay between replicas."""
-    swarm.manager(
-        "service", "update", "--detach=false", "--force", "--update-delay=0s", "--update-monitor=5s",
-        f"{STACK}_app", timeout=UPDATE_TIMEOUT_S,
-    )  # fmt: skip
-    swarm.wait_converged()
-    assert swarm.running_tasks("app") == sorted(node.name for node in swarm.nodes)
 
 
 def tally(outcome: dict) -> dict:
