@@ -149,20 +149,13 @@ def test_server_connections_grow_with_app_nodes_never_with_users_within_the_budg
 
 @shipped_topology_only
 def test_a_drained_node_hands_its_replica_over_and_loses_nothing(swarm: Swarm):
-    node = worker_with_an_app_replica(swarm)
-    load = swarm.start_load("drain", LOAD_USERS, FAULT_HOLD_S)
-    try:
-        load.wait_until_at_full_load()
-        with Chatters(swarm) as chatters:
-            started = time.monotonic()
-            swarm.manager("node", "update", "--availability", "drain", node)
-            moved_s = wait_for_app_replicas(swarm, away_from=node)
-            recovered = recovery_seconds(swarm, chatters.room, started, swarm.proxy_urls(but=node))
-        outcome, summary = chatters.outcome(), load.summary()
-    finally:
-        # Its replica stays where it went (Swarm does not rebalance): the rolling deploy does.
+    def drain(node: str) -> None:
+        swarm.manager("node", "update", "--availability", "drain", node)
+
+    def make_active(node: str) -> None:
         swarm.manager("node", "update", "--availability", "active", node)
-        swarm.wait_converged()
+
+    node, moved_s, recovered, outcome, summary = worker_node_away(swarm, "drain", drain, make_active)
     assert_nothing_lost(outcome)
     assert set(outcome["close_codes"]) <= {"1001", "1006"}, outcome["close_codes"]
     assert unexpected_load_errors(summary, DRAIN + PROXY_GONE) == []
@@ -175,21 +168,15 @@ def test_a_drained_node_hands_its_replica_over_and_loses_nothing(swarm: Swarm):
 
 @shipped_topology_only
 def test_a_stopped_worker_node_loses_nothing_acknowledged(swarm: Swarm):
-    node = worker_with_an_app_replica(swarm)
-    load = swarm.start_load("node-stopped", LOAD_USERS, FAULT_HOLD_S)
-    try:
-        load.wait_until_at_full_load()
-        with Chatters(swarm) as chatters:
-            started = time.monotonic()
-            # Stopped outright: SIGKILL to the node's engine and everything it runs.
-            run(["docker", "kill", swarm.node(node).container], timeout=60)
-            moved_s = wait_for_app_replicas(swarm, away_from=node)
-            recovered = recovery_seconds(swarm, chatters.room, started, swarm.proxy_urls(but=node))
-        outcome, summary = chatters.outcome(), load.summary()
-    finally:
+    def kill(node: str) -> None:
+        # Stopped outright: SIGKILL to the node's engine and everything it runs.
+        run(["docker", "kill", swarm.node(node).container], timeout=60)
+
+    def start(node: str) -> None:
         run(["docker", "start", swarm.node(node).container], timeout=60)
         wait_until(lambda: f"{node} Ready" in node_states(swarm), RECOVERY_LIMIT_S * 2, f"{node} Ready again")
-        swarm.wait_converged()
+
+    node, moved_s, recovered, outcome, summary = worker_node_away(swarm, "node-stopped", kill, start)
     # A message in flight to the node waited out the chatter's timeout (a hang, counted),
     # then went again through another node: nothing acknowledged or written is lost.
     assert_nothing_lost({**outcome, "hangs": 0})
@@ -278,6 +265,28 @@ def wait_until(predicate, seconds: float, what: str) -> float:
         assert time.monotonic() - started < seconds, f"{what}: not within {seconds:g}s"
         time.sleep(1)
     return round(time.monotonic() - started, 1)
+
+
+def worker_node_away(swarm: Swarm, name: str, take_away, give_back) -> tuple[str, float, float, dict, dict]:
+    """Under load and chatters, ``take_away(node)`` on a worker node that runs an app replica;
+    once the replica runs elsewhere and every other node's proxy answers, ``give_back(node)``.
+    Its replica stays where it went (Swarm does not rebalance): the rolling deploy does.
+    Returns the node, seconds until the replica moved and until recovery, the chatters'
+    outcome and the load's summary."""
+    node = worker_with_an_app_replica(swarm)
+    load = swarm.start_load(name, LOAD_USERS, FAULT_HOLD_S)
+    try:
+        load.wait_until_at_full_load()
+        with Chatters(swarm) as chatters:
+            started = time.monotonic()
+            take_away(node)
+            moved_s = wait_for_app_replicas(swarm, away_from=node)
+            recovered = recovery_seconds(swarm, chatters.room, started, swarm.proxy_urls(but=node))
+        outcome, summary = chatters.outcome(), load.summary()
+    finally:
+        give_back(node)
+        swarm.wait_converged()
+    return node, moved_s, recovered, outcome, summary
 
 
 def worker_with_an_app_replica(swarm: Swarm) -> str:
