@@ -230,7 +230,7 @@ def saturate_pool(stack: Stack) -> None:
         holder.join(timeout=60)
 
 
-def _wait_for_daphnes(stack: Stack, count: int, gone: int) -> None:
+def wait_for_daphnes(stack: Stack, count: int, gone: int) -> None:
     """Until supervisord runs ``count`` Daphne processes again, none of them ``gone``, and /healthz is 200."""
     deadline = time.monotonic() + RECOVERY_LIMIT_S
     while len(pids := stack.daphne_pids()) < count or gone in pids or not app_ready(stack):
@@ -247,7 +247,7 @@ def kill_daphne(stack: Stack) -> None:
     if not workers:
         raise StackError("no Daphne process to kill")
     stack.kill_worker(workers[0], signal.SIGKILL)
-    _wait_for_daphnes(stack, len(workers), workers[0])
+    wait_for_daphnes(stack, len(workers), workers[0])
 
 
 def roll_daphnes(stack: Stack) -> None:
@@ -256,7 +256,7 @@ def roll_daphnes(stack: Stack) -> None:
     workers = stack.daphne_pids()
     for worker in workers:
         stack.kill_worker(worker, signal.SIGTERM)
-        _wait_for_daphnes(stack, len(workers), worker)
+        wait_for_daphnes(stack, len(workers), worker)
 
 
 FAULTS: dict[str, Callable[[Stack], None]] = {

@@ -4,6 +4,7 @@ Each test runs `make chaos`'s machinery with a small load against the test
 stack and leaves the stack serving again.
 """
 
+import signal
 import time
 
 import psycopg
@@ -29,6 +30,9 @@ EXPECTED = {
     "app-graceful-restart": ({"going_away", "connect_refused"}, {"1001"}),
 }
 GRACEFUL = {"daphne-rolling-restart", "app-graceful-restart"}
+# Longer than the drain takes to send 1001 (once the client is quiet for 0.5 s) plus
+# autobahn's default close handshake timeout (1 s); shorter than the drain (10 s).
+SLOW_CLIENT_S = 3.0
 
 
 @pytest.mark.parametrize("fault", list(faults.FAULTS))
@@ -70,6 +74,23 @@ def assert_survived(summary: dict, fault: str) -> None:
         assert summary["close_codes"].get("1001", 0) > 0
     assert summary["server_connections_peak"] <= summary["server_connection_bound"]
     assert summary["max_recovery_s"] <= faults.RECOVERY_LIMIT_S
+
+
+def test_a_client_slow_to_answer_the_1001_still_gets_a_clean_close(stack, room):
+    """A client that reads nothing for a while (a busy machine, a stalled event loop) when
+    its server process stops: it still finds `closing` and 1001, and its answer to the
+    close is taken. Autobahn's default close handshake timeout (1 s) would abort the
+    connection first, and the client would see a connection reset instead of 1001."""
+    socket = ChatSocket(stack.app_url, room, "slow", timeout=faults.REPLY_TIMEOUT_S)
+    workers = stack.daphne_pids()
+    for worker in workers:  # the socket's process is one of them
+        stack.kill_worker(worker, signal.SIGTERM)
+    time.sleep(SLOW_CLIENT_S)  # the slow client: reads nothing meanwhile
+    assert socket.receive()["type"] == "closing"
+    assert socket.close_code() == 1001  # and websocket-client's answering close frame is sent
+    socket.ws.shutdown()
+    for worker in workers:
+        faults.wait_for_daphnes(stack, len(workers), worker)
 
 
 def test_database_down_gives_clear_errors_then_recovers(stack, room):

@@ -15,6 +15,11 @@ This server, instead, in Twisted's "before shutdown" phase (where Daphne cancels
 
 Autobahn's sendClose() lets a server send only 1000 or 3000-4999, so an application
 closing with 1001 is sent through sendCloseFrame(), as Daphne itself sends 1011.
+Autobahn gives a client 1 s to answer a close frame, then aborts the connection with
+a TCP reset: a client on a busy machine that read its 1001 a moment late had its
+answer refused, and saw a reset instead of a clean close. Here a client has as long
+as the drain (APP_DRAIN_SECONDS) to answer.
+
 supervisord's stopwaitsecs (app/supervisord.conf) must exceed the drain, plus a
 statement still running on the database thread (statement_timeout).
 """
@@ -49,6 +54,7 @@ class DrainingServer(Server):
         # Daphne keeps only the listening Deferreds; the ports are needed to stop listening.
         self.__dict__.setdefault("ports", []).append(port)
         self.ws_factory.protocol = GoingAwayProtocol
+        self.ws_factory.setProtocolOptions(closeHandshakeTimeout=DRAIN_SECONDS)
         return super().listen_success(port)
 
     def _drain_step(self, told: set) -> bool:
