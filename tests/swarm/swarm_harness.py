@@ -112,6 +112,13 @@ class Swarm:
     def pgbouncer_services(self) -> list[str]:
         return [f"pgbouncer-{n.name}" for n in self.nodes] if self.topology == "per-node" else ["pgbouncer"]
 
+    def force_update(self, service: str, *options: str, timeout: float = DEPLOY_TIMEOUT_S) -> None:
+        """Every task of the service replaced, under its update_config but for ``options``;
+        returns once that is done."""
+        self.manager(
+            "service", "update", "--detach=false", "--force", *options, f"{STACK}_{service}", timeout=timeout
+        )
+
     def wait_converged(self) -> float:
         """Seconds until every service runs what it wants again (swarm.sh's rule)."""
         started = time.monotonic()
@@ -320,10 +327,7 @@ class LoadRun:
         # only node1's (its own engine's) act on it: the others keep their connection to an
         # address that no longer answers, and reconnect only once Locust's 60 s master
         # heartbeat timeout has ended them. Restarted first, they find the next master at once.
-        swarm.manager(
-            "service", "update", "--force", "--detach=false", "--update-parallelism=0",
-            f"{STACK}_locust-worker", timeout=DEPLOY_TIMEOUT_S,
-        )  # fmt: skip
+        swarm.force_update("locust-worker", "--update-parallelism=0")
         workers = len(swarm.nodes_running("locust-worker"))
         argv = [
             "docker", "exec", swarm.node("node1").container, "docker", "run", "--rm",

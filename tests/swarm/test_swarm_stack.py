@@ -204,7 +204,7 @@ def test_a_rolling_deploy_drains_every_replica_and_loses_nothing(swarm: Swarm):
     load.wait_until_at_full_load()
     with Chatters(swarm) as chatters:
         started = time.monotonic()
-        force_update(swarm, "app")
+        swarm.force_update("app", timeout=UPDATE_TIMEOUT_S)
         deploy_s = time.monotonic() - started
         recovered = recovery_seconds(swarm, chatters.room, time.monotonic(), swarm.proxy_urls())
     outcome, summary = chatters.outcome(), load.summary()
@@ -312,13 +312,6 @@ def scale_app(swarm: Swarm, replicas: int) -> None:
         scale = f"{STACK}_app={replicas}"
         swarm.manager("service", "scale", "--detach=false", scale, timeout=UPDATE_TIMEOUT_S)
         swarm.wait_converged()
-
-
-def force_update(swarm: Swarm, service: str) -> None:
-    """Every task of the service replaced under its update_config; returns once that is done."""
-    swarm.manager(
-        "service", "update", "--detach=false", "--force", f"{STACK}_{service}", timeout=UPDATE_TIMEOUT_S
-    )
 
 
 def node_states(swarm: Swarm) -> list[str]:
