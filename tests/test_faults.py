@@ -85,12 +85,14 @@ def test_a_client_slow_to_answer_the_1001_still_gets_a_clean_close(stack, room):
     workers = stack.daphne_pids()
     for worker in workers:  # the socket's process is one of them
         stack.kill_worker(worker, signal.SIGTERM)
-    time.sleep(SLOW_CLIENT_S)  # the slow client: reads nothing meanwhile
-    assert socket.receive()["type"] == "closing"
-    assert socket.close_code() == 1001  # and websocket-client's answering close frame is sent
-    socket.ws.shutdown()
-    for worker in workers:
-        faults.wait_for_daphnes(stack, len(workers), worker)
+    try:
+        time.sleep(SLOW_CLIENT_S)  # the slow client: reads nothing meanwhile
+        assert socket.receive()["type"] == "closing"
+        assert socket.close_code() == 1001  # and websocket-client's answering close frame is sent
+    finally:
+        socket.ws.shutdown()
+        for worker in workers:  # the stack serving again for the next test, pass or fail
+            faults.wait_for_daphnes(stack, len(workers), worker)
 
 
 def test_database_down_gives_clear_errors_then_recovers(stack, room):
